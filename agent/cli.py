@@ -1,0 +1,251 @@
+"""The `fieldstation` command: a thin layer over the station's modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from agent import __version__
+from agent.config import ConfigError, example_config, load_config
+from agent.daemon import BUFFER_FILE, run_daemon
+from agent.store import Store, StoreError
+
+
+def _load(args: argparse.Namespace):  # noqa: ANN202
+    config = load_config(args.config)
+    if getattr(args, "data_dir", None):
+        config = config.replace("station", data_dir=str(args.data_dir))
+    if getattr(args, "http", None):
+        config = config.replace("http", listen=args.http)
+    return config
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args)
+    _setup_logging(config.log.level)
+    return run_daemon(config)
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config = load_config(args.file, required=True)
+    print(f"{args.file}: ok")
+    print(f"  station id  {config.station_id}")
+    print(f"  data dir    {config.data_dir}")
+    print(f"  serial      {', '.join(config.serial.ports) or 'none'}")
+    mqtt = f"{config.mqtt.host}:{config.mqtt.port} (MQTT {config.mqtt.protocol})"
+    print(f"  mqtt        {mqtt if config.mqtt.enabled else 'off'}")
+    lan = f", LAN intake {config.http.lan_listen}" if config.http.lan_listen else ""
+    print(f"  http        {config.http.listen}{lan}")
+    return 0
+
+
+def cmd_config_example(args: argparse.Namespace) -> int:
+    sys.stdout.write(example_config())
+    return 0
+
+
+def _open_readonly(args: argparse.Namespace) -> tuple[Any, Store]:
+    config = _load(args)
+    path = config.data_dir / BUFFER_FILE
+    try:
+        return config, Store(path, readonly=True)
+    except StoreError as exc:
+        raise SystemExit(f"fieldstation: {exc} (is --data-dir right?)") from None
+
+
+def _daemon_status(config: Any) -> dict[str, Any] | None:
+    host, _, port = config.http.listen.rpartition(":")
+    host = host.strip("[]")
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        r = requests.get(f"http://{host}:{port}/api/status", timeout=1.5)
+        r.raise_for_status()
+        data = r.json()
+    except (requests.RequestException, ValueError):
+        return None
+    # another station may listen there; only trust it when it is ours
+    return data if Path(data.get("buffer", "")) == (config.data_dir / BUFFER_FILE) else data
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config, store = _open_readonly(args)
+    summary = store.queue_summary()
+    units = [dict(u) for u in store.units()]
+    alarms = store.alarms()
+    daemon = _daemon_status(config)
+    doc = {
+        "station_id": config.station_id,
+        "buffer": str(store.path),
+        "daemon": daemon,
+        "queue": summary,
+        "alarms": alarms,
+        "units": units,
+    }
+    if args.json:
+        print(json.dumps(doc, indent=2, default=str))
+        return 0
+    print(f"station   {config.station_id}")
+    print(f"buffer    {store.path} (schema v{store.schema_version})")
+    if daemon:
+        workers = daemon.get("workers", [])
+        up = sum(1 for w in workers if w["running"])
+        print(f"daemon    running {daemon['uptime_s']:.0f} s, {up}/{len(workers)} workers up")
+        for w in workers:
+            if not w["running"] or w["restarts"]:
+                print(f"  worker {w['name']}: restarts {w['restarts']}, last error {w['last_error']}")
+        for extra in ("upload", "inference", "power"):
+            if daemon.get(extra):
+                print(f"{extra:<9} {json.dumps(daemon[extra], default=str)}")
+    else:
+        print(f"daemon    not reachable on {config.http.listen}")
+    bs = summary["by_state"]
+    print(
+        f"captures  {summary['pending']} pending ({_size(summary['pending_bytes'])}), "
+        f"{bs['uploaded']['count']} uploaded, {bs['evicted']['count']} evicted, "
+        f"{bs['failed']['count']} failed"
+    )
+    print(f"storage   {_size(summary['stored_image_bytes'])} of {_size(summary['quota_bytes'])}")
+    print(f"alarms    {', '.join(a['kind'] + ': ' + a['message'] for a in alarms) or 'none'}")
+    print(f"units     {len(units)}")
+    now = time.time()
+    for u in units:
+        battery = f"{u['battery_mv']} mV" if u["battery_mv"] else "-"
+        print(
+            f"  {u['unit_id']:<16} {u['last_path'] or '-':<6} last seen "
+            f"{_ago(now - u['last_seen'])}  battery {battery}  fw {u['firmware_version'] or '-'}"
+        )
+    return 0
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    _config, store = _open_readonly(args)
+    summary = store.queue_summary()
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+    print(f"{'state':<10} {'captures':>9} {'bytes':>10}")
+    for state, v in summary["by_state"].items():
+        print(f"{state:<10} {v['count']:>9} {_size(v['bytes']):>10}")
+    oldest = summary["oldest_pending"]
+    if oldest:
+        age = _ago(time.time() - oldest["received_at"])
+        print(f"oldest pending: {oldest['id']} from {oldest['unit_id']}, received {age}")
+    else:
+        print("oldest pending: none")
+    if summary["per_unit"]:
+        print(f"\n{'unit':<16} {'captures':>9} {'bytes':>10}  by state")
+        for unit, v in summary["per_unit"].items():
+            states = ", ".join(f"{k} {n}" for k, n in sorted(v["by_state"].items()))
+            print(f"{unit:<16} {v['count']:>9} {_size(v['bytes']):>10}  {states}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agent.demo import run_demo
+
+    return run_demo(captures=args.captures, as_json=args.json, keep=args.keep)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h ago"
+    return f"{seconds / 86400:.1f} d ago"
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fieldstation", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fieldstation {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", type=Path, default=None,
+                        help="station TOML (default /etc/fieldstation/station.toml if present)")
+        sp.add_argument("--data-dir", type=Path, default=None, help="override station.data_dir")
+
+    run = sub.add_parser("run", help="run the station daemon")
+    with_config(run)
+    run.add_argument("--http", metavar="HOST:PORT", help="main HTTP listener (overrides config)")
+    run.set_defaults(func=cmd_run)
+
+    status = sub.add_parser("status", help="station, units, queue and alarms")
+    with_config(status)
+    status.add_argument("--http", metavar="HOST:PORT", help="where the daemon listens")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    queue = sub.add_parser("queue", help="captures by state, oldest pending, per unit")
+    with_config(queue)
+    queue.add_argument("--json", action="store_true")
+    queue.set_defaults(func=cmd_queue)
+
+    config = sub.add_parser("config", help="check or print configuration")
+    csub = config.add_subparsers(dest="config_command", required=True)
+    check = csub.add_parser("check", help="validate a config file")
+    check.add_argument("file", type=Path)
+    check.set_defaults(func=cmd_config_check)
+    example = csub.add_parser("example", help="print every key with its default")
+    example.set_defaults(func=cmd_config_example)
+
+    demo = sub.add_parser("demo", help="the whole chain with virtual camera units, no hardware")
+    demo.add_argument("--captures", type=int, default=12, help="captures to send (default 12)")
+    demo.add_argument("--json", action="store_true", help="end with a JSON summary")
+    demo.add_argument("--keep", action="store_true", help="keep the demo's data folder")
+    demo.set_defaults(func=cmd_demo)
+
+    for module in ("agent.esp32.cli", "agent.inference.cli", "agent.upload.cli"):
+        _add_optional(sub, module)
+    return parser
+
+
+def _add_optional(sub: Any, module: str) -> None:
+    """Subcommands that live beside their component (esp32, models/infer, upload)."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            return
+        raise
+    mod.add_subcommands(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"fieldstation: configuration rejected:\n{exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,219 @@
+"""`fieldstation demo`: the whole chain on one machine, no hardware.
+
+Virtual camera units send real JPEGs over a pseudo-terminal (serial protocol), over MQTT when a
+`mosquitto` binary is on PATH (started privately on a free loopback port), and over the WildCAM
+HTTP intake; the station stores each durably before acknowledging it. Live progress, then a summary.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from agent.broker import PrivateBroker, free_port
+from agent.config import parse_config
+from agent.daemon import Station
+from agent.esp32.virtual import MqttUnitLink, PtySerialLink, VirtualUnit
+from agent.scenes import scene_jpeg
+
+STATION_ID = "demo-station"
+
+
+class _Progress:
+    def __init__(self, total: int, quiet: bool) -> None:
+        self.total = total
+        self.quiet = quiet
+        self.done = 0
+        self.lock = threading.Lock()
+
+    def line(self, text: str) -> None:
+        if not self.quiet:
+            print(text, flush=True)
+
+    def stored(self, path: str, unit: str, capture_id: str, size: int, ms: float,
+               outcome: str) -> None:
+        with self.lock:
+            self.done += 1
+            self.line(
+                f"  [{self.done:>3}/{self.total}] {path:<6} {unit:<14} {size / 1024:6.1f} KiB "
+                f"{outcome:<9} {ms:6.1f} ms  {capture_id}"
+            )
+
+
+def run_demo(captures: int = 12, as_json: bool = False, keep: bool = False) -> int:
+    captures = max(1, captures)
+    workdir = Path(tempfile.mkdtemp(prefix="fieldstation-demo-"))
+    quiet = False
+    progress = _Progress(captures, quiet)
+    say = progress.line
+    broker: PrivateBroker | None = None
+    if shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists():
+        try:
+            broker = PrivateBroker().start()
+        except (OSError, RuntimeError) as exc:
+            say(f"mqtt: private broker did not start ({exc}); continuing with serial and HTTP")
+            broker = None
+    serial_link = PtySerialLink()
+    http_port = free_port()
+    mqtt_toml = (
+        f"[mqtt]\nenabled = true\nhost = \"127.0.0.1\"\nport = {broker.port}\n" if broker else ""
+    )
+    config = parse_config(
+        f"""
+[station]
+id = "{STATION_ID}"
+data_dir = "{workdir / 'station'}"
+
+[serial]
+ports = ["{serial_link.slave_path}"]
+reopen_s = 0.5
+
+[http]
+listen = "127.0.0.1:{http_port}"
+
+[storage]
+check_on_start = false
+{mqtt_toml}""",
+        "<demo>",
+    )
+    say("WildCAM field station demo")
+    say(f"  data folder   {workdir}")
+    say(f"  serial        virtual unit on pseudo-terminal {serial_link.slave_path}")
+    say(f"  mqtt          {'private mosquitto on 127.0.0.1:%d' % broker.port if broker else 'off (no mosquitto binary on PATH)'}")
+    say(f"  http intake   http://127.0.0.1:{http_port}/api/detections")
+    station = Station(config)
+    station.start()
+    units: dict[str, VirtualUnit] = {}
+    results: list[dict[str, Any]] = []
+    started = time.monotonic()
+    try:
+        units["serial"] = VirtualUnit("demo-serial-1", serial_link, chunk_size=4096)
+        if broker:
+            mlink = MqttUnitLink(broker.host, broker.port, STATION_ID, "demo-mqtt-1")
+            units["mqtt"] = VirtualUnit("demo-mqtt-1", mlink, chunk_size=8192, chip="esp32")
+        for unit in units.values():
+            _wait_link(station, unit)
+            unit.hello()
+            unit.telemetry(battery_mv=3950, temperature_c=18.5)
+        http_unit = "a0b1c2d3e4f5"
+        base = f"http://127.0.0.1:{http_port}"
+        requests.post(
+            f"{base}/api/cameras/register",
+            json={"device_id": http_unit, "name": "Trail cam 3", "location_name": "north ridge",
+                  "firmware_version": "3.1.0"},
+            timeout=10,
+        ).raise_for_status()
+        requests.post(
+            f"{base}/api/cameras/{http_unit}/status",
+            json={"battery_level": 87, "battery_voltage": 3.98, "temperature": 17.0},
+            timeout=10,
+        ).raise_for_status()
+        say(f"\nsending {captures} captures (real JPEGs, ~48 KiB each):")
+        paths = ["serial", "mqtt", "http"] if broker else ["serial", "http"]
+        for i in range(captures):
+            path = paths[i % len(paths)]
+            jpeg = scene_jpeg(i)
+            t0 = time.perf_counter()
+            if path == "http":
+                r = requests.post(
+                    f"{base}/api/detections",
+                    files={
+                        "metadata": (None, json.dumps({"device_id": http_unit,
+                                                       "timestamp": int(time.time())})),
+                        "image": ("capture.jpg", jpeg, "image/jpeg"),
+                    },
+                    timeout=30,
+                )
+                ok = r.status_code in (200, 201)
+                capture_id = r.json().get("capture_id", "-") if ok else "-"
+                outcome = r.json().get("status", "?") if ok else f"HTTP {r.status_code}"
+                unit_name = http_unit
+            else:
+                unit = units[path]
+                res = unit.send_capture(jpeg)
+                ok = res.acked
+                outcome = ("duplicate" if res.duplicate else "acked") if ok else "not acked"
+                capture_id = f"{unit.unit_id}-{res.capture_id}"
+                unit_name = unit.unit_id
+            ms = (time.perf_counter() - t0) * 1000
+            progress.stored(path, unit_name, capture_id, len(jpeg), ms, outcome)
+            results.append({"path": path, "unit": unit_name, "ok": ok, "bytes": len(jpeg)})
+        elapsed = time.monotonic() - started
+        summary = _summary(station, results, elapsed, workdir, broker is not None)
+        _print_summary(summary, say)
+        if as_json:
+            print(json.dumps(summary, indent=2, default=str))
+        return 0 if summary["all_stored"] else 1
+    finally:
+        station.stop()
+        for unit in units.values():
+            unit.close()
+        if broker:
+            broker.stop()
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"kept {workdir}", file=sys.stderr)
+
+
+def _wait_link(station: Station, unit: VirtualUnit, timeout: float = 15) -> None:
+    """Wait until the station has the unit's port open or is subscribed to its broker."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if isinstance(unit.link, PtySerialLink):
+            if any(link._serial is not None for link in station.serial_links):
+                return
+        elif station.mqtt and station.mqtt.connected.is_set():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"station did not open the link for {unit.unit_id}")
+
+
+def _summary(station: Station, results: list[dict[str, Any]], elapsed: float, workdir: Path,
+             mqtt: bool) -> dict[str, Any]:
+    q = station.store.queue_summary()
+    sent = Counter(r["path"] for r in results)
+    ok = Counter(r["path"] for r in results if r["ok"])
+    stored_rows = {}
+    with station.store.read() as conn:
+        for row in conn.execute("SELECT path, count(*) AS n FROM captures GROUP BY path"):
+            stored_rows[row["path"]] = row["n"]
+    return {
+        "station_id": station.station_id,
+        "captures_sent": len(results),
+        "captures_acknowledged": sum(ok.values()),
+        "all_stored": sum(ok.values()) == len(results)
+        and sum(stored_rows.values()) == len(results),
+        "by_path": {
+            path: {"sent": sent[path], "acknowledged": ok[path], "in_buffer": stored_rows.get(path, 0)}
+            for path in sorted(sent)
+        },
+        "mqtt": mqtt,
+        "queue": q["by_state"],
+        "stored_image_bytes": q["stored_image_bytes"],
+        "units": [u["unit_id"] for u in station.store.units()],
+        "buffer": str(station.store.path),
+        "elapsed_s": round(elapsed, 2),
+    }
+
+
+def _print_summary(s: dict[str, Any], say: Any) -> None:
+    say("\nsummary")
+    say(f"  captures      {s['captures_acknowledged']}/{s['captures_sent']} acknowledged after a durable commit")
+    for path, v in s["by_path"].items():
+        say(f"    {path:<8} sent {v['sent']:>3}  acknowledged {v['acknowledged']:>3}  in buffer {v['in_buffer']:>3}")
+    say(f"  buffer        {s['buffer']} ({s['stored_image_bytes'] / 1024:.0f} KiB of JPEGs)")
+    states = ", ".join(f"{k} {v['count']}" for k, v in s["queue"].items() if v["count"])
+    say(f"  by state      {states}")
+    say(f"  units         {', '.join(s['units'])}")
+    say(f"  elapsed       {s['elapsed_s']} s")
+    say("  result        " + ("every capture stored" if s["all_stored"] else "SOME CAPTURES MISSING"))

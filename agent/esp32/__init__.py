@@ -1,0 +1,1 @@
+"""ESP32 units: the virtual unit, flashing and configuring tools."""

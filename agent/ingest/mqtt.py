@@ -1,0 +1,225 @@
+"""MQTT ingest: paho-mqtt 2.x, QoS 1, a persistent session, reconnect with backoff."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import tenacity
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+from agent import protocol as p
+from agent.config import IngestSection, MqttSection
+from agent.ingest.assembler import Assembler
+from agent.metrics import Metrics
+from agent.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class MqttIngest:
+    """Subscribes to every unit's hello/telemetry/capture topics and answers on its ack topic."""
+
+    name = "mqtt"
+
+    def __init__(
+        self,
+        settings: MqttSection,
+        station_id: str,
+        store: Store,
+        metrics: Metrics,
+        limits: IngestSection,
+        *,
+        on_unit: Callable[[str, MqttIngest], None] | None = None,
+        on_stored: Callable[[str, str, bool], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.station_id = station_id
+        self.store = store
+        self.metrics = metrics
+        self.limits = limits
+        self.on_unit = on_unit
+        self.on_stored = on_stored
+        self.prefix = f"{settings.topic_root}/{station_id}/"
+        self._assemblers: dict[str, Assembler] = {}
+        self._client: mqtt.Client | None = None
+        self.connected = threading.Event()
+
+    # --- paho wiring ----------------------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        s = self.settings
+        v5 = s.protocol == "5"
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=s.client_id or f"fieldstation-{self.station_id}",
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            # a persistent session: QoS 1 messages sent while we restart wait at the broker
+            clean_session=None if v5 else False,
+        )
+        if s.username:
+            password = Path(s.password_file).read_text().strip() if s.password_file else None
+            client.username_pw_set(s.username, password)
+        if s.tls_ca_file:
+            client.tls_set(ca_certs=s.tls_ca_file, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client.max_inflight_messages_set(64)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _connect_properties(self) -> Properties | None:
+        if self.settings.protocol != "5":
+            return None
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.settings.session_expiry_s
+        return props
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+        if reason_code.is_failure:
+            log.warning("mqtt: broker refused the connection: %s", reason_code)
+            return
+        topics = [(self.prefix + f"+/{kind}", 1) for kind in p.MQTT_UP_TOPICS]
+        client.subscribe(topics)
+        self.metrics.link_up.labels("mqtt").set(1)
+        self.connected.set()
+        log.info(
+            "mqtt: connected to %s:%d (session present: %s)",
+            self.settings.host,
+            self.settings.port,
+            flags.session_present,
+        )
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+        self.connected.clear()
+        self.metrics.link_up.labels("mqtt").set(0)
+        if reason_code != 0:
+            log.warning("mqtt: disconnected (%s)", reason_code)
+
+    def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:  # noqa: ANN001
+        # returning from here is what lets paho send PUBACK, so a capture frame is acknowledged
+        # to the broker only after it was handled (and, for the last chunk, committed)
+        try:
+            self.handle(message.topic, message.payload)
+        except Exception:
+            log.exception("mqtt: message on %s could not be handled", message.topic)
+            self.metrics.rejected.labels("mqtt", "internal_error").inc()
+
+    # --- message handling -----------------------------------------------------------------------
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        if not topic.startswith(self.prefix):
+            self.metrics.rejected.labels("mqtt", "bad_topic").inc()
+            return
+        parts = topic[len(self.prefix) :].split("/")
+        if len(parts) != 2 or parts[1] not in p.MQTT_UP_TOPICS:
+            self.metrics.rejected.labels("mqtt", "bad_topic").inc()
+            log.warning("mqtt: message on unexpected topic %s", topic)
+            return
+        unit, kind = parts
+        if not p.UNIT_ID_RE.match(unit):
+            self.metrics.rejected.labels("mqtt", "bad_unit_id").inc()
+            log.warning("mqtt: topic %s names an invalid unit id", topic)
+            return
+        try:
+            frame = p.decode_frame(payload, self.limits.max_frame_payload)
+        except p.ProtocolError as exc:
+            self.metrics.rejected.labels("mqtt", "bad_frame").inc()
+            log.warning("mqtt: unit %s sent a bad frame on %s: %s", unit, kind, exc)
+            return
+        if frame.type not in p.MQTT_UP_TOPICS[kind]:
+            self.metrics.rejected.labels("mqtt", "wrong_topic").inc()
+            log.warning("mqtt: unit %s sent %s on topic %s", unit, frame.type.name, kind)
+            return
+        self._assembler(unit).handle_frame(frame, topic_unit=unit)
+
+    def _assembler(self, unit: str) -> Assembler:
+        asm = self._assemblers.get(unit)
+        if asm is None:
+            asm = Assembler(
+                self.store,
+                self.metrics,
+                self.limits,
+                "mqtt",
+                lambda msg, unit=unit: self.send(unit, msg),
+                link=f"mqtt:{unit}",
+                on_unit=(lambda u: self.on_unit(u, self)) if self.on_unit else None,
+                on_stored=self.on_stored,
+            )
+            self._assemblers[unit] = asm
+        return asm
+
+    def send(self, unit: str, msg: p.Message, seq: int = 0) -> None:
+        """Publish a reply or a command to a unit (ACK/NAK on …/ack, commands on …/cmd)."""
+        client = self._client
+        if client is None:
+            raise ConnectionError("mqtt is not connected")
+        kind = "ack" if msg.TYPE in (p.FrameType.ACK, p.FrameType.NAK) else "cmd"
+        client.publish(f"{self.prefix}{unit}/{kind}", p.encode_frame(msg, seq), qos=1)
+
+    # --- worker ---------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        client = self._make_client()
+        self._client = client
+        s = self.settings
+        retry = tenacity.Retrying(
+            wait=tenacity.wait_exponential_jitter(initial=1, max=s.reconnect_max_s),
+            retry=tenacity.retry_if_exception_type(OSError),
+            stop=lambda _state: stop.is_set(),
+            sleep=stop.wait,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        try:
+            self._connect(client, retry, first=True)
+            while not stop.is_set():
+                rc = client.loop(timeout=1.0)
+                if rc != mqtt.MQTT_ERR_SUCCESS and not stop.is_set():
+                    self.connected.clear()
+                    self.metrics.link_up.labels("mqtt").set(0)
+                    self._connect(client, retry, first=False)
+                for asm in self._assemblers.values():
+                    if asm.open:
+                        asm.expire()
+        except OSError:
+            if not stop.is_set():
+                raise
+        finally:
+            try:
+                client.disconnect()
+            except Exception:
+                pass
+            self._client = None
+            self.connected.clear()
+
+    def _connect(self, client: mqtt.Client, retry: tenacity.Retrying, first: bool) -> None:
+        s = self.settings
+        for attempt in retry:
+            with attempt:
+                if first:
+                    client.connect(
+                        s.host,
+                        s.port,
+                        keepalive=s.keepalive_s,
+                        clean_start=False if s.protocol == "5" else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+                        properties=self._connect_properties(),
+                    )
+                else:
+                    client.reconnect()
+
+    def _log_retry(self, state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        if state.attempt_number == 1:
+            log.warning(
+                "mqtt: cannot reach broker %s:%d (%s); retrying with backoff",
+                self.settings.host,
+                self.settings.port,
+                exc,
+            )

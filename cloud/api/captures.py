@@ -1,0 +1,193 @@
+"""Capture routes: batch upload and lookup (stations), listing and images (operators)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from cloud.api.deps import admin, get_service, station
+from cloud.auth import Principal
+from cloud.errors import NotFound
+from cloud.ingest import RequestError
+from cloud.schema import (
+    CAPTURE_ID_PATTERN,
+    STATION_ID_PATTERN,
+    BatchResponse,
+    CaptureList,
+    ErrorBody,
+    LookupRequest,
+    LookupResponse,
+)
+from cloud.service import Service
+
+router = APIRouter(prefix="/v1")
+
+# Beyond this many bytes past the limit we stop draining and drop the connection.
+_DRAIN_LIMIT = 64 * 1024 * 1024
+
+BATCH_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["manifest"],
+                "properties": {
+                    "manifest": {
+                        "type": "string",
+                        "description": 'JSON: {"station_id": "...", "items": [CaptureItem, ...]} '
+                        "(see the CaptureItem schema)",
+                    },
+                },
+                "additionalProperties": {"type": "string", "format": "binary"},
+            },
+            "encoding": {"manifest": {"contentType": "application/json"}},
+        }
+    },
+}
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in (
+        (400, "unparseable request (reason in detail)"),
+        (401, "missing, unknown or revoked token"),
+        (403, "token of another station, or not a station token"),
+        (413, "body, item or item count over the limits"),
+        (429, "station over its rate limit (Retry-After)"),
+        (503, "database or object store unavailable (Retry-After)"),
+    )
+}
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The whole body, or 413 once it passes `limit` (drained so the client sees the answer)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit + _DRAIN_LIMIT:
+        raise HTTPException(413, f"body of {declared} bytes is over the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+        elif size > limit + _DRAIN_LIMIT:
+            break
+    if size > limit:
+        raise HTTPException(413, f"body is over the limit of {limit} bytes")
+    return b"".join(chunks)
+
+
+@router.post(
+    "/captures/batch",
+    response_model=BatchResponse,
+    responses=ERRORS,
+    openapi_extra={"requestBody": BATCH_BODY},
+    summary="Upload a batch of captures (multipart: manifest + one binary part per image)",
+)
+async def upload_batch(
+    request: Request,
+    station_id: str = Depends(station),
+    service: Service = Depends(get_service),
+) -> dict[str, Any]:
+    body = await _read_body(request, service.config.limits.max_body_bytes)
+    content_type = request.headers.get("content-type", "")
+    try:
+        results = await run_in_threadpool(service.ingest.process, station_id, content_type, body)
+    except RequestError as exc:
+        service.metrics.rejections.labels(f"request_{exc.status}").inc()
+        raise HTTPException(exc.status, exc.detail) from exc
+    return {"results": results}
+
+
+@router.post(
+    "/captures/lookup",
+    response_model=LookupResponse,
+    responses=ERRORS,
+    summary="Which of these capture ids the cloud holds for the calling station",
+)
+async def lookup(
+    body: LookupRequest,
+    station_id: str = Depends(station),
+    service: Service = Depends(get_service),
+) -> dict[str, Any]:
+    held = await run_in_threadpool(service.db.held, station_id, body.capture_ids)
+    return {"held": {cid: {"sha256": sha, "variant": variant} for cid, (sha, variant, _) in held.items()}}
+
+
+@router.get(
+    "/captures",
+    response_model=CaptureList,
+    responses=ERRORS,
+    summary="Operators: captures by station, time (unix seconds) and detection label",
+)
+async def list_captures(
+    station_id: str | None = Query(default=None, max_length=64),
+    since: float | None = Query(default=None, description="capture time >= since"),
+    until: float | None = Query(default=None, description="capture time < until"),
+    label: str | None = Query(default=None, max_length=200),
+    limit: int = Query(default=100, ge=1, le=10000),
+    _: Principal = Depends(admin),
+    service: Service = Depends(get_service),
+) -> dict[str, Any]:
+    rows = await run_in_threadpool(
+        service.db.query_captures, station_id, since, until, label, limit
+    )
+    captures = []
+    for row in rows:
+        record = {
+            key: getattr(row, key)
+            for key in (
+                "station_id",
+                "capture_id",
+                "unit_id",
+                "path",
+                "sha256",
+                "size",
+                "received_at",
+                "captured_at",
+                "uploaded_at",
+                "trigger",
+                "variant",
+                "image_sha256",
+                "empty",
+                "detections",
+                "meta",
+            )
+        }
+        record["image_url"] = (
+            f"/v1/captures/{row.station_id}/{row.capture_id}/image" if row.image_key else None
+        )
+        captures.append(record)
+    return {"captures": captures, "count": len(captures)}
+
+
+@router.get(
+    "/captures/{station_id}/{capture_id}/image",
+    responses={**ERRORS, 200: {"content": {"image/jpeg": {}}}, 404: {"model": ErrorBody}},
+    response_class=Response,
+    summary="Operators: the stored image of a capture",
+)
+async def capture_image(
+    station_id: str,
+    capture_id: str,
+    _: Principal = Depends(admin),
+    service: Service = Depends(get_service),
+) -> Response:
+    import re
+
+    if not re.match(STATION_ID_PATTERN, station_id) or not re.match(CAPTURE_ID_PATTERN, capture_id):
+        raise HTTPException(404, "no such capture")
+    row = await run_in_threadpool(service.db.get_capture, station_id, capture_id)
+    if row is None or row.image_key is None:
+        raise HTTPException(404, "no such capture image")
+    try:
+        data = await run_in_threadpool(service.store.get, row.image_key)
+    except NotFound as exc:
+        raise HTTPException(404, "image object missing from the store") from exc
+    return Response(
+        data,
+        media_type="image/jpeg",
+        headers={"ETag": f'"{row.image_sha256}"', "X-Capture-Variant": row.variant},
+    )

@@ -1,0 +1,73 @@
+"""Request dependencies: the service, and who the bearer token acts for."""
+
+from __future__ import annotations
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+
+from cloud.auth import Principal, verify_token
+from cloud.ratelimit import retry_after_header
+from cloud.service import Service
+
+# auto_error=False: we answer 401 ourselves (FastAPI's default would be 403 for a missing header).
+bearer = HTTPBearer(auto_error=False, description="`fieldstation-cloud stations add` prints it")
+
+UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
+
+
+def get_service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+async def principal(
+    service: Service = Depends(get_service),
+    credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+) -> Principal:
+    """The token's principal, or 401."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        service.metrics.rejections.labels("no_token").inc()
+        raise HTTPException(401, "missing bearer token", headers=UNAUTHORIZED)
+    found = await run_in_threadpool(
+        verify_token, service.db, credentials.credentials, service.config.auth.admin_token
+    )
+    if found is None:
+        service.metrics.rejections.labels("bad_token").inc()
+        raise HTTPException(401, "unknown or revoked token", headers=UNAUTHORIZED)
+    return found
+
+
+async def station(
+    who: Principal = Depends(principal), service: Service = Depends(get_service)
+) -> str:
+    """The calling station's id (rate limited per station), or 403 for an operator token."""
+    if who.role != "station" or who.station_id is None:
+        raise HTTPException(403, "this route is for station tokens")
+    wait = service.limiter.take(who.station_id)
+    if wait > 0:
+        service.metrics.rejections.labels("rate_limited").inc()
+        raise HTTPException(
+            429,
+            f"station {who.station_id!r} is over its rate limit",
+            headers={"Retry-After": retry_after_header(wait)},
+        )
+    return who.station_id
+
+
+async def station_or_admin(who: Principal = Depends(principal)) -> Principal:
+    """Any valid token (model artifacts are readable by stations and operators)."""
+    return who
+
+
+async def admin(who: Principal = Depends(principal)) -> Principal:
+    """Operator routes: 403 for station tokens."""
+    if who.role != "admin":
+        raise HTTPException(403, "this route needs the operator (admin) token")
+    return who
+
+
+def forbid_other_station(station_id: str, claimed: str | None) -> None:
+    """A token acts only for its own station: refuse a body naming another one."""
+    if claimed is not None and claimed != station_id:
+        raise HTTPException(403, f"station_id {claimed!r} is not this token's station")

@@ -1,0 +1,47 @@
+"""Station routes: heartbeat (stations) and the station list (operators)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from starlette.concurrency import run_in_threadpool
+
+from cloud.api.captures import ERRORS
+from cloud.api.deps import admin, forbid_other_station, get_service, station
+from cloud.auth import Principal
+from cloud.schema import Heartbeat, HeartbeatResponse, StationList
+from cloud.service import Service
+
+router = APIRouter(prefix="/v1")
+
+
+@router.post(
+    "/heartbeat",
+    response_model=HeartbeatResponse,
+    responses=ERRORS,
+    summary="Station state: power, battery, queue, disk, models, units seen",
+)
+async def heartbeat(
+    body: Heartbeat,
+    station_id: str = Depends(station),
+    service: Service = Depends(get_service),
+) -> dict[str, Any]:
+    forbid_other_station(station_id, body.station_id)
+    now = time.time()
+    await run_in_threadpool(service.db.record_heartbeat, station_id, body.model_dump(), now)
+    service.metrics.heartbeats.inc()
+    return {"ok": True, "server_time": now}
+
+
+@router.get(
+    "/stations",
+    response_model=StationList,
+    responses=ERRORS,
+    summary="Operators: stations with their last heartbeat",
+)
+async def list_stations(
+    _: Principal = Depends(admin), service: Service = Depends(get_service)
+) -> dict[str, Any]:
+    return {"stations": await run_in_threadpool(service.db.list_stations)}

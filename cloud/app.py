@@ -1,0 +1,88 @@
+"""The ASGI application: routers, error mapping, request metrics, backend lifecycle."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+import cloud
+from cloud.api import captures, health, models, stations
+from cloud.config import CloudConfig
+from cloud.errors import BackendUnavailable
+from cloud.service import Service
+
+log = logging.getLogger("fieldstation.cloud")
+
+
+def create_app(config: CloudConfig, service: Service | None = None) -> FastAPI:
+    """Build the app; backends are opened at startup unless a ready `service` is passed in."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own = service is None
+        app.state.service = service or await run_in_threadpool(Service.open, config)
+        log.info(
+            "serving with %s and %s",
+            app.state.service.db.describe(),
+            app.state.service.store.describe(),
+        )
+        try:
+            yield
+        finally:
+            if own:
+                await run_in_threadpool(app.state.service.close)
+
+    app = FastAPI(
+        title="WildCAM cloud sync endpoints",
+        version=cloud.__version__,
+        description="Stations upload captures, detections and heartbeats, and fetch models. "
+        "See cloud/API.md.",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    if service is not None:
+        app.state.service = service
+    for router in (health.router, captures.router, stations.router, models.router):
+        app.include_router(router)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # 400 with one readable reason, as the API contract says (FastAPI's default is 422).
+        reasons = []
+        for problem in exc.errors():
+            where = ".".join(str(p) for p in problem.get("loc", ()))
+            reasons.append(f"{where}: {problem.get('msg')}")
+        return JSONResponse({"detail": "; ".join(reasons) or "invalid request"}, status_code=400)
+
+    @app.exception_handler(BackendUnavailable)
+    async def unavailable(request: Request, exc: BackendUnavailable) -> JSONResponse:
+        log.warning("backend unavailable on %s: %s", request.url.path, exc)
+        return JSONResponse(
+            {"detail": "storage backend unavailable, retry later"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
+    @app.middleware("http")
+    async def count_requests(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        # The route template, not the raw path, keeps label cardinality bounded.
+        name = getattr(route, "path", "unmatched")
+        metrics = request.app.state.service.metrics
+        metrics.requests.labels(name, str(response.status_code)).inc()
+        metrics.latency.labels(name).observe(time.perf_counter() - start)
+        return response
+
+    return app

@@ -1,0 +1,33 @@
+"""SQLite metadata database: the embedded default (standard library only)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from cloud.db.base import Database, portable_schema
+
+
+class SQLiteDatabase(Database):
+    # "database is locked" after busy_timeout means writers are starved: tell clients to retry.
+    unavailable_errors = (sqlite3.OperationalError,)
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        super().__init__()
+
+    def connect(self) -> Any:
+        conn = sqlite3.connect(self.path, timeout=15.0, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk before the station is told "stored" (it then deletes its copy).
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    def schema(self) -> list[str]:
+        return portable_schema(real="REAL", blob="INTEGER")
+
+    def describe(self) -> str:
+        return f"sqlite {self.path}"

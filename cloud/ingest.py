@@ -1,0 +1,293 @@
+"""Batch upload of captures: validate each item, store new images, answer per item.
+
+Idempotency is by (station, capture_id) with the original JPEG's sha256. Images are written to the
+object store *before* their row is inserted, under a key that includes the image's own sha256, so
+a row never points at a missing image and a racing or conflicting upload never overwrites another
+capture's image (at worst it leaves an orphan object, which is deleted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from cloud.db import CaptureRow, Database
+from cloud.metrics import ServiceMetrics
+from cloud.multipart import MultipartError, Part, PartTooLarge, parse_parts
+from cloud.schema import VARIANT_RANK, BatchManifest, CaptureItem, reason_of
+from cloud.storage import ObjectStore
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+class RequestError(Exception):
+    """The request as a whole is refused with an HTTP status and a reason."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass
+class _Pending:
+    index: int
+    item: CaptureItem
+    image: bytes | None
+    image_sha256: str | None
+    image_key: str | None
+
+
+def image_key(station_id: str, capture_id: str, variant: str, image_sha256: str) -> str:
+    """Object key of one image variant; the digest keeps different bytes under different keys."""
+    return f"captures/{station_id}/{capture_id}/{variant}-{image_sha256[:16]}.jpg"
+
+
+def _result(capture_id: str | None, status: str, reason: str | None = None) -> dict[str, Any]:
+    return {"capture_id": capture_id, "status": status, "reason": reason}
+
+
+class BatchIngest:
+    def __init__(
+        self,
+        db: Database,
+        store: ObjectStore,
+        metrics: ServiceMetrics,
+        max_item_bytes: int,
+        max_items: int,
+        writers: int = 8,
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.metrics = metrics
+        self.max_item_bytes = max_item_bytes
+        self.max_items = max_items
+        # Object store writes of one batch run in parallel: network stores are latency-bound.
+        self._writers = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="image-put")
+
+    def close(self) -> None:
+        self._writers.shutdown(wait=True)
+
+    # -- request level ---------------------------------------------------------------------------
+
+    def parse(self, content_type: str, body: bytes) -> tuple[list[Any], dict[str, Part], str]:
+        """Return (raw items, parts by name, manifest station id) or raise RequestError."""
+        try:
+            # The manifest is JSON; allow it generous room even when images are capped small.
+            parts = parse_parts(
+                content_type,
+                body,
+                max_part_bytes=max(self.max_item_bytes, 4 * 1024 * 1024),
+                max_parts=self.max_items + 1,
+            )
+        except PartTooLarge as exc:
+            raise RequestError(413, str(exc)) from exc
+        except MultipartError as exc:
+            raise RequestError(400, str(exc)) from exc
+        manifest_part = parts.pop("manifest", None)
+        if manifest_part is None:
+            raise RequestError(400, "no 'manifest' part in the multipart body")
+        try:
+            raw = json.loads(manifest_part.data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RequestError(400, f"manifest is not valid JSON: {exc}") from exc
+        try:
+            manifest = BatchManifest.model_validate(raw)
+        except ValidationError as exc:
+            raise RequestError(400, f"manifest: {reason_of(exc)}") from exc
+        if len(manifest.items) > self.max_items:
+            raise RequestError(413, f"{len(manifest.items)} items; the limit is {self.max_items}")
+        for part in parts.values():
+            if part.size > self.max_item_bytes:
+                raise RequestError(
+                    413, f"part {part.name!r} is over the per-item limit of {self.max_item_bytes} bytes"
+                )
+        return manifest.items, parts, manifest.station_id
+
+    def process(self, station_id: str, content_type: str, body: bytes) -> list[dict[str, Any]]:
+        """Handle one batch for an authenticated station; results in item order."""
+        raw_items, parts, manifest_station = self.parse(content_type, body)
+        if manifest_station != station_id:
+            raise RequestError(
+                403, f"manifest station_id {manifest_station!r} is not this token's station"
+            )
+        results: list[dict[str, Any] | None] = [None] * len(raw_items)
+        checked: list[_Pending] = []
+        seen: dict[str, int] = {}
+        for index, raw in enumerate(raw_items):
+            capture_id = raw.get("capture_id") if isinstance(raw, dict) else None
+            capture_id = capture_id if isinstance(capture_id, str) else None
+            try:
+                pending = self._check_item(index, raw, parts, station_id)
+            except _Rejected as exc:
+                self.metrics.rejections.labels(exc.kind).inc()
+                results[index] = _result(capture_id, "rejected", exc.reason)
+                continue
+            first = seen.get(pending.item.capture_id)
+            if first is not None:
+                # The same id twice in one batch: answer the later one like a re-upload.
+                earlier = checked[first].item
+                same = earlier.sha256 == pending.item.sha256
+                results[index] = _result(
+                    capture_id,
+                    "duplicate" if same else "conflict",
+                    "same capture_id earlier in this batch"
+                    if same
+                    else f"capture_id earlier in this batch has sha256 {earlier.sha256}",
+                )
+                continue
+            seen[pending.item.capture_id] = len(checked)
+            checked.append(pending)
+        for index, result in self._store(station_id, checked).items():
+            results[index] = result
+        for result in results:
+            assert result is not None
+            self.metrics.captures.labels(result["status"]).inc()
+        return [r for r in results if r is not None]
+
+    # -- item level ------------------------------------------------------------------------------
+
+    def _check_item(
+        self, index: int, raw: Any, parts: dict[str, Part], station_id: str
+    ) -> _Pending:
+        if not isinstance(raw, dict):
+            raise _Rejected("schema", f"item {index} is not a JSON object")
+        try:
+            item = CaptureItem.model_validate(raw)
+        except ValidationError as exc:
+            raise _Rejected("schema", reason_of(exc)) from exc
+        if item.variant == "none":
+            if item.image_part is not None:
+                raise _Rejected("schema", "variant 'none' must not name an image_part")
+            return _Pending(index, item, None, None, None)
+        if item.image_part is None:
+            raise _Rejected("schema", f"variant {item.variant!r} needs an image_part")
+        part = parts.get(item.image_part)
+        if part is None:
+            raise _Rejected("missing_part", f"image part {item.image_part!r} is not in the request")
+        data = part.data
+        if not data.startswith(JPEG_MAGIC):
+            raise _Rejected("not_jpeg", f"image part {item.image_part!r} is not a JPEG (no FF D8 FF magic)")
+        digest = hashlib.sha256(data).hexdigest()
+        if item.image_sha256 is not None and item.image_sha256 != digest:
+            raise _Rejected(
+                "digest", f"image part {item.image_part!r} has sha256 {digest}, not image_sha256"
+            )
+        if item.variant == "full" and (digest != item.sha256 or len(data) != item.size):
+            raise _Rejected(
+                "digest",
+                f"variant 'full' must be the original: part has sha256 {digest} and "
+                f"{len(data)} bytes, item says {item.sha256} and {item.size}",
+            )
+        key = image_key(station_id, item.capture_id, item.variant, digest)
+        return _Pending(index, item, data, digest, key)
+
+    def _store(self, station_id: str, checked: list[_Pending]) -> dict[int, dict[str, Any]]:
+        """Decide new/duplicate/conflict against the database, write images, insert rows."""
+        out: dict[int, dict[str, Any]] = {}
+        if not checked:
+            return out
+        held = self.db.held(station_id, [p.item.capture_id for p in checked])
+        new: list[_Pending] = []
+        for pending in checked:
+            existing = held.get(pending.item.capture_id)
+            if existing is None:
+                new.append(pending)
+            else:
+                out[pending.index] = self._against_existing(station_id, pending, existing)
+        self._put_images([p for p in new if p.image is not None])
+        now = time.time()
+        rows = [self._row(station_id, p, now) for p in new]
+        inserted = self.db.insert_captures(rows)
+        lost = [p for p, ok in zip(new, inserted, strict=True) if not ok]
+        for pending in new:
+            if pending not in lost:
+                out[pending.index] = _result(pending.item.capture_id, "stored")
+        if lost:
+            # Another request stored these ids between our read and our insert.
+            winners = self.db.held(station_id, [p.item.capture_id for p in lost])
+            for pending in lost:
+                winner = winners[pending.item.capture_id]
+                if pending.image_key and pending.image_key != winner[2]:
+                    self.store.delete(pending.image_key)
+                same = winner[0] == pending.item.sha256
+                out[pending.index] = _result(
+                    pending.item.capture_id,
+                    "duplicate" if same else "conflict",
+                    None if same else f"capture_id already held with sha256 {winner[0]}",
+                )
+        return out
+
+    def _against_existing(
+        self, station_id: str, pending: _Pending, existing: tuple[str, str, str | None]
+    ) -> dict[str, Any]:
+        sha, variant, _ = existing
+        item = pending.item
+        if sha != item.sha256:
+            return _result(item.capture_id, "conflict", f"capture_id already held with sha256 {sha}")
+        if VARIANT_RANK[item.variant] <= VARIANT_RANK[variant]:
+            return _result(item.capture_id, "duplicate", f"already held as {variant!r}")
+        # A better variant of a capture we hold (e.g. full after thumbnail): keep the better one.
+        assert pending.image is not None and pending.image_key and pending.image_sha256
+        self._put_images([pending])
+        if self.db.upgrade_image(
+            station_id,
+            item.capture_id,
+            variant,
+            item.variant,
+            pending.image_key,
+            pending.image_sha256,
+            len(pending.image),
+        ):
+            return _result(item.capture_id, "duplicate", f"image upgraded from {variant!r} to {item.variant!r}")
+        return _result(item.capture_id, "duplicate", "already held (changed by a concurrent upload)")
+
+    def _put_images(self, pending: list[_Pending]) -> None:
+        def put(p: _Pending) -> int:
+            assert p.image_key is not None and p.image is not None
+            self.store.put(p.image_key, p.image, "image/jpeg")
+            return len(p.image)
+
+        if len(pending) == 1:
+            written = [put(pending[0])]
+        else:
+            written = list(self._writers.map(put, pending))
+        self.metrics.image_bytes.inc(sum(written))
+
+    @staticmethod
+    def _row(station_id: str, pending: _Pending, now: float) -> CaptureRow:
+        item = pending.item
+        return CaptureRow(
+            station_id=station_id,
+            capture_id=item.capture_id,
+            unit_id=item.unit_id,
+            path=item.path,
+            sha256=item.sha256,
+            size=item.size,
+            received_at=item.received_at,
+            captured_at=item.captured_at,
+            uploaded_at=now,
+            trigger=item.trigger,
+            unit_time=item.unit_time,
+            unit_time_kind=item.unit_time_kind,
+            variant=item.variant,
+            image_key=pending.image_key,
+            image_sha256=pending.image_sha256,
+            image_size=len(pending.image) if pending.image is not None else None,
+            empty=item.empty,
+            detections=[d.model_dump() for d in item.detections],
+            meta=item.meta,
+        )
+
+
+class _Rejected(Exception):
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason

@@ -1,0 +1,193 @@
+"""Wire schema of the `/v1/` API (pydantic models, also the source of the OpenAPI document)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+CAPTURE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+# Station ids end up in object keys and file names: same alphabet as capture ids, no ':'.
+STATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+PART_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+
+Variant = Literal["full", "thumbnail", "blurred", "none"]
+# Higher rank replaces lower on a duplicate upload ("none" is metadata only).
+VARIANT_RANK: dict[str, int] = {"none": 0, "thumbnail": 1, "blurred": 2, "full": 3}
+
+Unit01 = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class Detection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field(min_length=1, max_length=200)
+    group: Literal["animal", "person", "vehicle", "other"]
+    score: Unit01
+    box: list[Unit01] | None = Field(
+        default=None, description="[x, y, w, h] normalised to 0..1 from the top-left; null = whole image"
+    )
+    model: str = Field(default="", max_length=200)
+    model_version: str = Field(default="", max_length=100)
+
+    @field_validator("box")
+    @classmethod
+    def _four_numbers(cls, box: list[float] | None) -> list[float] | None:
+        if box is not None and len(box) != 4:
+            raise ValueError("box must be [x, y, w, h]")
+        return box
+
+
+class CaptureItem(BaseModel):
+    """One capture in a batch manifest; `image_part` names the multipart part holding its bytes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    capture_id: str = Field(pattern=CAPTURE_ID_PATTERN)
+    unit_id: str = Field(min_length=1, max_length=128)
+    path: Literal["serial", "mqtt", "http"]
+    sha256: str = Field(pattern=SHA256_PATTERN, description="hex sha256 of the original JPEG")
+    size: int = Field(ge=0, description="bytes of the original JPEG")
+    received_at: float = Field(description="unix seconds, station clock")
+    captured_at: float | None = None
+    unit_time: int | None = None
+    unit_time_kind: Literal["boot_ms", "epoch_ms", "epoch_s"] | None = None
+    trigger: str | None = Field(default=None, max_length=64)
+    variant: Variant
+    image_part: str | None = Field(default=None, pattern=PART_NAME_PATTERN)
+    image_sha256: str | None = Field(default=None, pattern=SHA256_PATTERN)
+    empty: bool | None = None
+    detections: list[Detection] = Field(default_factory=list, max_length=500)
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class BatchManifest(BaseModel):
+    """The `manifest` part; items are validated one by one so one bad item rejects only itself."""
+
+    station_id: str
+    items: list[dict[str, Any]]
+
+
+class ItemResult(BaseModel):
+    capture_id: str | None
+    status: Literal["stored", "duplicate", "conflict", "rejected"]
+    reason: str | None = None
+
+
+class BatchResponse(BaseModel):
+    results: list[ItemResult]
+
+
+class LookupRequest(BaseModel):
+    capture_ids: list[str] = Field(max_length=1000)
+
+
+class HeldCapture(BaseModel):
+    sha256: str
+    variant: str
+
+
+class LookupResponse(BaseModel):
+    held: dict[str, HeldCapture]
+
+
+class QueueState(BaseModel):
+    depth: int = Field(ge=0)
+    bytes: int = Field(ge=0)
+    by_state: dict[str, int] = Field(default_factory=dict)
+
+
+class DiskState(BaseModel):
+    free_bytes: int = Field(ge=0)
+    total_bytes: int = Field(ge=0)
+
+
+class Heartbeat(BaseModel):
+    # Stations may add fields in later versions; keep them rather than refuse the heartbeat.
+    model_config = ConfigDict(extra="allow")
+
+    station_id: str
+    time: float
+    power_state: str | None = None
+    battery: dict[str, Any] | None = None
+    queue: QueueState | None = None
+    disk: DiskState | None = None
+    models: dict[str, str] = Field(default_factory=dict)
+    units_seen: list[str] = Field(default_factory=list)
+    software_version: str | None = None
+
+
+class HeartbeatResponse(BaseModel):
+    ok: bool
+    server_time: float
+
+
+class Ping(BaseModel):
+    ok: bool
+    time: float
+
+
+class ModelEntry(BaseModel):
+    name: str
+    version: str
+    sha256: str
+    size: int
+    url: str
+    published_at: float
+
+
+class ModelManifest(BaseModel):
+    models: list[ModelEntry]
+
+
+class StationInfo(BaseModel):
+    station_id: str
+    created_at: float
+    revoked: bool
+    latitude: float | None
+    longitude: float | None
+    last_heartbeat_at: float | None
+    last_heartbeat: dict[str, Any] | None
+    captures: int
+
+
+class StationList(BaseModel):
+    stations: list[StationInfo]
+
+
+class CaptureRecord(BaseModel):
+    station_id: str
+    capture_id: str
+    unit_id: str
+    path: str
+    sha256: str
+    size: int
+    received_at: float
+    captured_at: float | None
+    uploaded_at: float
+    trigger: str | None
+    variant: str
+    image_sha256: str | None
+    image_url: str | None
+    empty: bool | None
+    detections: list[Detection]
+    meta: dict[str, Any]
+
+
+class CaptureList(BaseModel):
+    captures: list[CaptureRecord]
+    count: int
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+def reason_of(error: ValidationError) -> str:
+    """One readable line per validation failure: `field.path: message`."""
+    parts = []
+    for problem in error.errors():
+        where = ".".join(str(p) for p in problem["loc"]) or "item"
+        parts.append(f"{where}: {problem['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,53 @@
+"""The object store interface: put/get/delete whole objects by key, read byte ranges."""
+
+from __future__ import annotations
+
+import re
+
+from cloud.errors import NotFound
+
+# Keys are built by the service from validated ids; this is the last line of defence.
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*(/[A-Za-z0-9][A-Za-z0-9._:-]*)*$")
+
+
+def check_key(key: str) -> str:
+    """Return `key` if it is a safe relative object key (no '..', no absolute path), else raise."""
+    if not _KEY.match(key) or any(part in (".", "..") for part in key.split("/")) or len(key) > 900:
+        raise ValueError(f"unsafe object key {key!r}")
+    return key
+
+
+class ObjectStore:
+    """Blocking object store; the API calls it from worker threads."""
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        raise NotImplementedError
+
+    def get(self, key: str) -> bytes:
+        """Whole object, or raise NotFound."""
+        raise NotImplementedError
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes start..end inclusive. Backends with ranged GETs override this."""
+        return self.get(key)[start : end + 1]
+
+    def size(self, key: str) -> int:
+        """Object size in bytes, or raise NotFound."""
+        return len(self.get(key))
+
+    def delete(self, key: str) -> None:
+        """Remove an object; a missing one is not an error."""
+        raise NotImplementedError
+
+    def ping(self) -> None:
+        """Raise BackendUnavailable unless the store answers."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release clients and connections (called at shutdown)."""
+
+
+__all__ = ["NotFound", "ObjectStore", "check_key"]
