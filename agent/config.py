@@ -141,6 +141,10 @@ class LogSection:
     level: str = opt("info", help="log level", choices=["debug", "info", "warning", "error"])
 
 
+# Component sections import `opt` and `ByteSize` from here, so they are imported after those.
+from agent.inference.settings import InferenceSection  # noqa: E402
+from agent.upload.settings import UploadSection  # noqa: E402
+
 # Section name -> dataclass. Later components add theirs here.
 SECTIONS: dict[str, type] = {
     "station": StationSection,
@@ -150,6 +154,8 @@ SECTIONS: dict[str, type] = {
     "mqtt": MqttSection,
     "http": HttpSection,
     "log": LogSection,
+    "inference": InferenceSection,
+    "upload": UploadSection,
 }
 
 

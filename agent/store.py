@@ -123,6 +123,7 @@ MIGRATIONS: list[str] = [
         held_variant TEXT,                  -- acknowledged: full | blurred | thumbnail | none
         doubt_variant TEXT,                 -- sent, outcome unknown: ask the endpoint (lookup)
         doubt_batch TEXT,
+        via_lookup INTEGER NOT NULL DEFAULT 0,  -- held learnt by lookup after a batch in doubt
         updated_at REAL NOT NULL,
         PRIMARY KEY (capture_id, endpoint)
     );

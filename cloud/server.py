@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+from types import FrameType
 
 import uvicorn
 
@@ -29,4 +31,15 @@ def serve(config: CloudConfig) -> None:
             server_header=False,
         )
     )
-    server.run()
+    # uvicorn re-raises the stop signal after its graceful shutdown so the default action would
+    # kill us with -SIGTERM; a no-op handler makes a requested stop an ordinary exit 0 instead.
+    previous = {sig: signal.signal(sig, _stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stopped(signum: int, frame: FrameType | None) -> None:
+    """Placeholder handler: the stop was already handled by uvicorn."""

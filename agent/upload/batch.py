@@ -20,7 +20,7 @@ class Item:
 
     capture_id: str
     variant: str  # full | blurred | thumbnail | none, as the cloud names it
-    final: bool  # once the cloud holds this variant the capture is uploaded
+    final_variant: str  # once the cloud holds this (or better) the capture is uploaded
     image: bytes | None
     manifest: dict
 
@@ -111,7 +111,7 @@ def build_item(
         "detections": detections,
         "meta": json.loads(row["meta"] or "{}"),
     }
-    return Item(row["id"], variant, variant == final, image, manifest)
+    return Item(row["id"], variant, final, image, manifest)
 
 
 def encode(station_id: str, items: Sequence[Item]) -> tuple[bytes, str]:

@@ -137,7 +137,13 @@ def clear_doubt(conn: sqlite3.Connection, endpoint: str, capture_id: str, at: fl
 
 
 def record_held(
-    conn: sqlite3.Connection, endpoint: str, capture_id: str, variant: str, at: float
+    conn: sqlite3.Connection,
+    endpoint: str,
+    capture_id: str,
+    variant: str,
+    at: float,
+    *,
+    via_lookup: bool = False,
 ) -> str:
     """The endpoint acknowledged (or reported) `variant`; return the best variant it now holds."""
     row = conn.execute(
@@ -149,18 +155,21 @@ def record_held(
     if old is not None and VARIANT_RANK.get(old, 0) > VARIANT_RANK.get(variant, 0):
         best = old
     conn.execute(
-        """INSERT INTO upload_deliveries (capture_id, endpoint, held_variant, updated_at)
-           VALUES (?, ?, ?, ?)
+        """INSERT INTO upload_deliveries (capture_id, endpoint, held_variant, via_lookup, updated_at)
+           VALUES (?, ?, ?, ?, ?)
            ON CONFLICT (capture_id, endpoint) DO UPDATE SET held_variant = excluded.held_variant,
-               doubt_variant = NULL, doubt_batch = NULL, updated_at = excluded.updated_at""",
-        (capture_id, endpoint, best, at),
+               doubt_variant = NULL, doubt_batch = NULL, updated_at = excluded.updated_at,
+               via_lookup = CASE WHEN upload_deliveries.held_variant IS NULL
+                                 THEN excluded.via_lookup ELSE upload_deliveries.via_lookup END""",
+        (capture_id, endpoint, best, int(via_lookup), at),
     )
     return best
 
 
 def in_doubt(conn: sqlite3.Connection, endpoint: str, limit: int = 1000) -> list[sqlite3.Row]:
     return conn.execute(
-        """SELECT u.capture_id, u.doubt_variant, c.sha256, c.state FROM upload_deliveries u
+        """SELECT u.capture_id, u.doubt_variant, c.sha256, c.state, c.empty, c.upload_variant
+           FROM upload_deliveries u
            JOIN captures c ON c.id = u.capture_id
            WHERE u.endpoint = ? AND u.doubt_variant IS NOT NULL
            ORDER BY u.capture_id LIMIT ?""",

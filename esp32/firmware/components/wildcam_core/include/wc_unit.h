@@ -44,6 +44,8 @@ typedef struct {
     int16_t (*temperature_cc)(void *ctx);
     int8_t (*rssi_dbm)(void *ctx);
     void (*log)(void *ctx, int level, const char *msg);
+    /* optional (may be NULL): every station message the core accepted, before it acts on it */
+    void (*on_message)(void *ctx, uint8_t type, const uint8_t *payload, size_t len);
     wc_kv_t kv;
 } wc_hal_t;
 
@@ -97,7 +99,15 @@ int wc_unit_capture(wc_unit_t *u, uint8_t trigger);
 /* Advance timers and sends; fills *act with what to do next. */
 void wc_unit_poll(wc_unit_t *u, wc_action_t *act);
 
+/* Send HELLO, CONFIG_REPORT or TELEMETRY now (wc_unit_wake sends all three). */
+void wc_unit_send_hello(wc_unit_t *u);
+void wc_unit_send_config_report(wc_unit_t *u);
+void wc_unit_send_telemetry(wc_unit_t *u);
+
 size_t wc_unit_sizeof(void);
+/* sizeof of the public structs, so FFI users (the virtual unit) can check their layouts:
+ * 0 wc_unit_t, 1 wc_hal_t, 2 wc_config_t, 3 wc_capture_meta_t, 4 wc_stats_t, 5 wc_action_t */
+size_t wc_sizeof(int what);
 const wc_config_t *wc_unit_config(const wc_unit_t *u);
 const wc_stats_t *wc_unit_stats(const wc_unit_t *u);
 int wc_unit_state(const wc_unit_t *u);

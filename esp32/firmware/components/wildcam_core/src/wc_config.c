@@ -70,7 +70,7 @@ int wc_config_load(wc_config_t *c, const wc_kv_t *kv, void *ctx, int *bad) {
     LOAD("quiet_start", WC_KV_U16, sleep_start_min, uint16_t, minute_ok(v))
     LOAD("quiet_end", WC_KV_U16, sleep_end_min, uint16_t, minute_ok(v))
     LOAD("tz_offset_min", WC_KV_I16, tz_offset_min, int16_t, ((int32_t)v >= -840 && (int32_t)v <= 840))
-    LOAD("chunk_size", WC_KV_U16, chunk_size, uint16_t, (v >= 64 && v <= 16384))
+    LOAD("chunk_size", WC_KV_U16, chunk_size, uint16_t, (v >= 1 && v <= 16384))
     LOAD("ack_timeout_ms", WC_KV_U32, ack_timeout_ms, uint32_t, (v >= 100))
     LOAD("max_attempts", WC_KV_U8, max_attempts, uint8_t, (v >= 1))
     LOAD("linger_ms", WC_KV_U32, linger_ms, uint32_t, 1)

@@ -52,7 +52,7 @@ int wc_unit_init(wc_unit_t *u, const wc_hal_t *hal, void *ctx, const char *fw, c
     return rc;
 }
 
-static void send_hello(wc_unit_t *u) {
+void wc_unit_send_hello(wc_unit_t *u) {
     wc_msg_t m;
     memset(&m, 0, sizeof(m));
     m.type = WC_HELLO;
@@ -64,7 +64,7 @@ static void send_hello(wc_unit_t *u) {
     send_msg(u, WC_TOPIC_HELLO, &m);
 }
 
-static void send_config_report(wc_unit_t *u) {
+void wc_unit_send_config_report(wc_unit_t *u) {
     wc_msg_t m;
     uint64_t epoch = 0;
     memset(&m, 0, sizeof(m));
@@ -75,7 +75,7 @@ static void send_config_report(wc_unit_t *u) {
     send_msg(u, WC_TOPIC_HELLO, &m);
 }
 
-static void send_telemetry(wc_unit_t *u) {
+void wc_unit_send_telemetry(wc_unit_t *u) {
     wc_msg_t m;
     memset(&m, 0, sizeof(m));
     m.type = WC_TELEMETRY;
@@ -187,9 +187,9 @@ static int start_next(wc_unit_t *u) {
 }
 
 void wc_unit_wake(wc_unit_t *u, uint8_t wake) {
-    send_hello(u);
-    send_config_report(u);
-    send_telemetry(u);
+    wc_unit_send_hello(u);
+    wc_unit_send_config_report(u);
+    wc_unit_send_telemetry(u);
     uint64_t epoch = 0;
     int quiet = has_clock(u, &epoch) && wc_in_quiet(&u->cfg, wc_local_minute(&u->cfg, epoch));
     if (wake == WC_WAKE_TIMER && !quiet && u->cfg.capture_interval_s) wc_unit_capture(u, WC_TRIGGER_TIMER);
@@ -268,7 +268,7 @@ void wc_unit_handle(wc_unit_t *u, const wc_msg_t *m) {
         if (wc_config_apply(&u->cfg, &m->u.config, &u->hal->kv, u->ctx) != WC_OK)
             logf_(u, WC_LOG_ERROR, "CONFIG not stored");
         if (m->u.config.station_time_ms) u->hal->set_epoch_ms(u->ctx, m->u.config.station_time_ms);
-        send_config_report(u);
+        wc_unit_send_config_report(u);
         break;
     case WC_CAPTURE_NOW:
         wc_unit_capture(u, WC_TRIGGER_COMMAND);
@@ -290,6 +290,7 @@ static void handle_frame(wc_unit_t *u, const wc_frame_t *f) {
         u->stats.bad_frames++;
         return;
     }
+    if (u->hal->on_message) u->hal->on_message(u->ctx, f->type, f->payload, f->length);
     wc_unit_handle(u, &m);
 }
 
@@ -365,6 +366,17 @@ void wc_unit_poll(wc_unit_t *u, wc_action_t *act) {
 }
 
 size_t wc_unit_sizeof(void) { return sizeof(wc_unit_t); }
+size_t wc_sizeof(int what) {
+    switch (what) {
+    case 0: return sizeof(wc_unit_t);
+    case 1: return sizeof(wc_hal_t);
+    case 2: return sizeof(wc_config_t);
+    case 3: return sizeof(wc_capture_meta_t);
+    case 4: return sizeof(wc_stats_t);
+    case 5: return sizeof(wc_action_t);
+    default: return 0;
+    }
+}
 const wc_config_t *wc_unit_config(const wc_unit_t *u) { return &u->cfg; }
 const wc_stats_t *wc_unit_stats(const wc_unit_t *u) { return &u->stats; }
 int wc_unit_state(const wc_unit_t *u) { return u->state; }

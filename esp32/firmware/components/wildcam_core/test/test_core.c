@@ -558,7 +558,7 @@ static int f_get_str(void *c, const char *key, char *buf, size_t cap) {
 static int f_set_str(void *c, const char *key, const char *v) { (void)c; (void)key; (void)v; return -1; }
 
 static const wc_hal_t FAKE_HAL = {f_now, f_epoch, f_set_epoch, f_send, f_capture, f_meta, f_read, f_delete,
-                                  f_oldest, f_count, f_batt, f_temp, f_rssi, NULL,
+                                  f_oldest, f_count, f_batt, f_temp, f_rssi, NULL, NULL,
                                   {f_get_num, f_set_num, f_get_str, f_set_str}};
 static const uint8_t MAC[6] = {0x24, 0x0a, 0xc4, 1, 2, 3};
 static wc_unit_t g_unit;
