@@ -42,16 +42,17 @@ class PrivateBroker:
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.dir}/",
             "max_inflight_messages 64",
+            "set_tcp_nodelay true",  # small ACK frames must not wait for Nagle (40 ms each)
             "max_queued_messages 10000",
             "message_size_limit 0",
             "log_type error",
             "log_type warning",
         ]
         conf.write_text("\n".join(lines) + "\n")
-        log = open(self.dir / "mosquitto.log", "wb")
-        self.proc = subprocess.Popen(
-            [self.binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
-        )
+        with open(self.dir / "mosquitto.log", "wb") as log:  # the child keeps its own copy
+            self.proc = subprocess.Popen(
+                [self.binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -102,7 +102,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"daemon    running {daemon['uptime_s']:.0f} s, {up}/{len(workers)} workers up")
         for w in workers:
             if not w["running"] or w["restarts"]:
-                print(f"  worker {w['name']}: restarts {w['restarts']}, last error {w['last_error']}")
+                print(
+                    f"  worker {w['name']}: restarts {w['restarts']}, last error {w['last_error']}"
+                )
         for extra in ("upload", "inference", "power"):
             if daemon.get(extra):
                 print(f"{extra:<9} {json.dumps(daemon[extra], default=str)}")
@@ -187,8 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--config", type=Path, default=None,
-                        help="station TOML (default /etc/fieldstation/station.toml if present)")
+        sp.add_argument(
+            "--config",
+            type=Path,
+            default=None,
+            help="station TOML (default /etc/fieldstation/station.toml if present)",
+        )
         sp.add_argument("--data-dir", type=Path, default=None, help="override station.data_dir")
 
     run = sub.add_parser("run", help="run the station daemon")

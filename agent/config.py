@@ -354,7 +354,12 @@ def _build_section(
 
 
 def _check(
-    hint: Any, f: dataclasses.Field, value: Any, full: str, lines: _KeyLines, problems: list[Problem]
+    hint: Any,
+    f: dataclasses.Field,
+    value: Any,
+    full: str,
+    lines: _KeyLines,
+    problems: list[Problem],
 ) -> Any:
     meta = f.metadata
     value = _convert(hint, value, full, lines, problems)
@@ -370,9 +375,7 @@ def _check(
     return value
 
 
-def _convert(
-    hint: Any, value: Any, full: str, lines: _KeyLines, problems: list[Problem]
-) -> Any:
+def _convert(hint: Any, value: Any, full: str, lines: _KeyLines, problems: list[Problem]) -> Any:
     from_env = isinstance(value, _EnvValue)
     origin = typing.get_origin(hint)
     if hint is bool:
@@ -436,7 +439,7 @@ def _convert(
 
 def _parse_size(value: Any) -> int:
     if isinstance(value, bool):
-        raise ValueError("must be a size in bytes, e.g. 4194304 or \"4 MiB\", got a boolean")
+        raise ValueError('must be a size in bytes, e.g. 4194304 or "4 MiB", got a boolean')
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"{value} is negative")
@@ -447,7 +450,7 @@ def _parse_size(value: Any) -> int:
             unit = m.group(2).lower()
             if unit in _SIZE_UNITS:
                 return int(float(m.group(1)) * _SIZE_UNITS[unit])
-        raise ValueError(f"{value!r} is not a size such as 4194304, \"512 KiB\" or \"8 GiB\"")
+        raise ValueError(f'{value!r} is not a size such as 4194304, "512 KiB" or "8 GiB"')
     raise ValueError(f"must be a size in bytes, got {_tname(value)}")
 
 

@@ -39,8 +39,9 @@ class _Progress:
         if not self.quiet:
             print(text, flush=True)
 
-    def stored(self, path: str, unit: str, capture_id: str, size: int, ms: float,
-               outcome: str) -> None:
+    def stored(
+        self, path: str, unit: str, capture_id: str, size: int, ms: float, outcome: str
+    ) -> None:
         with self.lock:
             self.done += 1
             self.line(
@@ -65,13 +66,13 @@ def run_demo(captures: int = 12, as_json: bool = False, keep: bool = False) -> i
     serial_link = PtySerialLink()
     http_port = free_port()
     mqtt_toml = (
-        f"[mqtt]\nenabled = true\nhost = \"127.0.0.1\"\nport = {broker.port}\n" if broker else ""
+        f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {broker.port}\n' if broker else ""
     )
     config = parse_config(
         f"""
 [station]
 id = "{STATION_ID}"
-data_dir = "{workdir / 'station'}"
+data_dir = "{workdir / "station"}"
 
 [serial]
 ports = ["{serial_link.slave_path}"]
@@ -88,7 +89,8 @@ check_on_start = false
     say("WildCAM field station demo")
     say(f"  data folder   {workdir}")
     say(f"  serial        virtual unit on pseudo-terminal {serial_link.slave_path}")
-    say(f"  mqtt          {'private mosquitto on 127.0.0.1:%d' % broker.port if broker else 'off (no mosquitto binary on PATH)'}")
+    mqtt_line = f"private mosquitto on 127.0.0.1:{broker.port}" if broker else "off (no mosquitto)"
+    say(f"  mqtt          {mqtt_line}")
     say(f"  http intake   http://127.0.0.1:{http_port}/api/detections")
     station = Station(config)
     station.start()
@@ -108,8 +110,12 @@ check_on_start = false
         base = f"http://127.0.0.1:{http_port}"
         requests.post(
             f"{base}/api/cameras/register",
-            json={"device_id": http_unit, "name": "Trail cam 3", "location_name": "north ridge",
-                  "firmware_version": "3.1.0"},
+            json={
+                "device_id": http_unit,
+                "name": "Trail cam 3",
+                "location_name": "north ridge",
+                "firmware_version": "3.1.0",
+            },
             timeout=10,
         ).raise_for_status()
         requests.post(
@@ -127,8 +133,10 @@ check_on_start = false
                 r = requests.post(
                     f"{base}/api/detections",
                     files={
-                        "metadata": (None, json.dumps({"device_id": http_unit,
-                                                       "timestamp": int(time.time())})),
+                        "metadata": (
+                            None,
+                            json.dumps({"device_id": http_unit, "timestamp": int(time.time())}),
+                        ),
                         "image": ("capture.jpg", jpeg, "image/jpeg"),
                     },
                     timeout=30,
@@ -178,8 +186,9 @@ def _wait_link(station: Station, unit: VirtualUnit, timeout: float = 15) -> None
     raise RuntimeError(f"station did not open the link for {unit.unit_id}")
 
 
-def _summary(station: Station, results: list[dict[str, Any]], elapsed: float, workdir: Path,
-             mqtt: bool) -> dict[str, Any]:
+def _summary(
+    station: Station, results: list[dict[str, Any]], elapsed: float, workdir: Path, mqtt: bool
+) -> dict[str, Any]:
     q = station.store.queue_summary()
     sent = Counter(r["path"] for r in results)
     ok = Counter(r["path"] for r in results if r["ok"])
@@ -194,7 +203,11 @@ def _summary(station: Station, results: list[dict[str, Any]], elapsed: float, wo
         "all_stored": sum(ok.values()) == len(results)
         and sum(stored_rows.values()) == len(results),
         "by_path": {
-            path: {"sent": sent[path], "acknowledged": ok[path], "in_buffer": stored_rows.get(path, 0)}
+            path: {
+                "sent": sent[path],
+                "acknowledged": ok[path],
+                "in_buffer": stored_rows.get(path, 0),
+            }
             for path in sorted(sent)
         },
         "mqtt": mqtt,
@@ -208,12 +221,19 @@ def _summary(station: Station, results: list[dict[str, Any]], elapsed: float, wo
 
 def _print_summary(s: dict[str, Any], say: Any) -> None:
     say("\nsummary")
-    say(f"  captures      {s['captures_acknowledged']}/{s['captures_sent']} acknowledged after a durable commit")
+    say(
+        f"  captures      {s['captures_acknowledged']}/{s['captures_sent']} acknowledged after a durable commit"
+    )
     for path, v in s["by_path"].items():
-        say(f"    {path:<8} sent {v['sent']:>3}  acknowledged {v['acknowledged']:>3}  in buffer {v['in_buffer']:>3}")
+        say(
+            f"    {path:<8} sent {v['sent']:>3}  acknowledged {v['acknowledged']:>3}  in buffer {v['in_buffer']:>3}"
+        )
     say(f"  buffer        {s['buffer']} ({s['stored_image_bytes'] / 1024:.0f} KiB of JPEGs)")
     states = ", ".join(f"{k} {v['count']}" for k, v in s["queue"].items() if v["count"])
     say(f"  by state      {states}")
     say(f"  units         {', '.join(s['units'])}")
     say(f"  elapsed       {s['elapsed_s']} s")
-    say("  result        " + ("every capture stored" if s["all_stored"] else "SOME CAPTURES MISSING"))
+    say(
+        "  result        "
+        + ("every capture stored" if s["all_stored"] else "SOME CAPTURES MISSING")
+    )

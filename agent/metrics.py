@@ -23,7 +23,9 @@ class Metrics:
             "fieldstation_capture_bytes", "JPEG bytes stored, by ingest path", ["path"], registry=r
         )
         self.naks = Counter(
-            "fieldstation_naks", "NAKs sent to units, by path and reason", ["path", "reason"],
+            "fieldstation_naks",
+            "NAKs sent to units, by path and reason",
+            ["path", "reason"],
             registry=r,
         )
         self.rejected = Counter(
@@ -33,8 +35,10 @@ class Metrics:
             registry=r,
         )
         self.noise_bytes = Counter(
-            "fieldstation_serial_noise_bytes", "Bytes skipped while resynchronising serial links",
-            ["port"], registry=r,
+            "fieldstation_serial_noise_bytes",
+            "Bytes skipped while resynchronising serial links",
+            ["port"],
+            registry=r,
         )
         self.id_reuse = Counter(
             "fieldstation_capture_id_reuse",
@@ -42,20 +46,28 @@ class Metrics:
             registry=r,
         )
         self.telemetry = Counter(
-            "fieldstation_telemetry", "Telemetry and hello messages, by path", ["path", "kind"],
+            "fieldstation_telemetry",
+            "Telemetry and hello messages, by path",
+            ["path", "kind"],
             registry=r,
         )
         self.worker_restarts = Counter(
-            "fieldstation_worker_restarts", "Worker crashes followed by a restart", ["worker"],
+            "fieldstation_worker_restarts",
+            "Worker crashes followed by a restart",
+            ["worker"],
             registry=r,
         )
         self.worker_up = Gauge(
-            "fieldstation_worker_up", "1 while a worker runs, 0 while it waits to restart",
-            ["worker"], registry=r,
+            "fieldstation_worker_up",
+            "1 while a worker runs, 0 while it waits to restart",
+            ["worker"],
+            registry=r,
         )
         self.link_up = Gauge(
-            "fieldstation_link_up", "1 while an ingest link (port, broker) is connected",
-            ["link"], registry=r,
+            "fieldstation_link_up",
+            "1 while an ingest link (port, broker) is connected",
+            ["link"],
+            registry=r,
         )
         self.commit_seconds = Gauge(
             "fieldstation_last_commit_seconds", "Duration of the last capture commit", registry=r
@@ -89,9 +101,7 @@ class _QueueCollector(Collector):
             size.add_metric([state], v["bytes"])
         yield depth
         yield size
-        alarms = GaugeMetricFamily(
-            "fieldstation_alarm", "1 for each active alarm", labels=["kind"]
-        )
+        alarms = GaugeMetricFamily("fieldstation_alarm", "1 for each active alarm", labels=["kind"])
         for alarm in self.store.alarms():  # type: ignore[attr-defined]
             alarms.add_metric([alarm["kind"]], 1)
         yield alarms

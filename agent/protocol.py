@@ -544,7 +544,5 @@ def chunk_capture(
     )
     msgs: list[Message] = [begin]
     for i in range(begin.chunk_count):
-        msgs.append(
-            CaptureChunk(capture_id, i, jpeg[i * chunk_size : (i + 1) * chunk_size])
-        )
+        msgs.append(CaptureChunk(capture_id, i, jpeg[i * chunk_size : (i + 1) * chunk_size]))
     return msgs

@@ -22,13 +22,16 @@ def scene_jpeg(seed: int, size: tuple[int, int] = (800, 600), quality: int = 85)
         top = rnd.randint(h // 10, horizon)
         draw.rectangle([x, top, x + trunk, horizon + rnd.randint(0, h // 8)], fill=(80, 60, 40))
         r = rnd.randint(w // 20, w // 8)
-        draw.ellipse([x - r, top - r, x + r + trunk, top + r], fill=(30, 90 + rnd.randint(0, 40), 30))
+        draw.ellipse(
+            [x - r, top - r, x + r + trunk, top + r], fill=(30, 90 + rnd.randint(0, 40), 30)
+        )
     if seed % 3:  # two in three frames hold an "animal"; the rest are PIR false triggers
         ax, ay = rnd.randint(w // 8, w * 3 // 4), rnd.randint(horizon, h * 7 // 8)
         aw, ah = rnd.randint(w // 10, w // 5), rnd.randint(h // 12, h // 6)
         draw.ellipse([ax, ay, ax + aw, ay + ah], fill=(120, 85, 50))
-        draw.ellipse([ax + aw - aw // 4, ay - ah // 3, ax + aw + aw // 6, ay + ah // 3],
-                     fill=(110, 80, 45))
+        draw.ellipse(
+            [ax + aw - aw // 4, ay - ah // 3, ax + aw + aw // 6, ay + ah // 3], fill=(110, 80, 45)
+        )
     img = img.filter(ImageFilter.GaussianBlur(1.2))
     noise = Image.effect_noise(size, 24).convert("RGB")
     img = Image.blend(img, noise, 0.12)

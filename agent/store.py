@@ -154,6 +154,14 @@ class StorageFull(StoreError):
     """No room for a new capture even after eviction; the unit must keep its copy."""
 
 
+@dataclass
+class _PendingCapture:
+    capture: Capture
+    done: bool = False
+    result: AddResult | None = None
+    error: BaseException | None = None
+
+
 @dataclass(frozen=True)
 class AddResult:
     capture_id: str
@@ -180,6 +188,8 @@ class Store:
         self.clock = clock
         self.recovered_from: Path | None = None
         self._lock = threading.RLock()
+        self._pending_lock = threading.Lock()
+        self._pending: list[_PendingCapture] = []
         self._local = threading.local()
         self.readonly = readonly
         if readonly:
@@ -327,42 +337,66 @@ class Store:
     # --- captures ------------------------------------------------------------------------------
 
     def add_capture(self, capture: Capture) -> AddResult:
-        """Store a capture durably, once; return only after the commit is on disk."""
+        """Store a capture durably, once; return only after the commit is on disk.
+
+        Group commit: callers arriving while another commit is in flight are written together in
+        the next transaction, so several links share one fsync instead of queueing for one each.
+        """
         self._ensure_room(len(capture.jpeg))
-        now = self.clock()
-        with self.transaction() as conn:
-            rows = conn.execute(
-                "SELECT id, sha256 FROM captures WHERE unit_id = ? AND unit_ref = ?",
-                (capture.unit_id, capture.unit_ref),
-            ).fetchall()
-            for row in rows:
-                if row["sha256"] == capture.sha256:
-                    return AddResult(row["id"], duplicate=True)
-            conn.execute(
-                """INSERT INTO captures (id, unit_id, unit_ref, path, sha256, size, received_at,
-                       unit_time, unit_time_kind, captured_at, trigger, meta, state_changed_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (
-                    capture.id,
-                    capture.unit_id,
-                    capture.unit_ref,
-                    capture.path,
-                    capture.sha256,
-                    len(capture.jpeg),
-                    capture.received_at,
-                    capture.unit_time,
-                    capture.unit_time_kind,
-                    capture.captured_at,
-                    capture.trigger,
-                    json.dumps(capture.meta, sort_keys=True),
-                    now,
-                ),
-            )
-            conn.execute(
-                "INSERT INTO images (capture_id, variant, bytes, jpeg) VALUES (?, 'original', ?, ?)",
-                (capture.id, len(capture.jpeg), capture.jpeg),
-            )
-            self._touch_unit(conn, capture.unit_id, capture.path, capture.received_at)
+        slot = _PendingCapture(capture)
+        with self._pending_lock:
+            self._pending.append(slot)
+        with self._lock:
+            if not slot.done:
+                with self._pending_lock:
+                    batch, self._pending = self._pending, []
+                try:
+                    with self.transaction() as conn:
+                        for pending in batch:
+                            pending.result = self._insert_capture(conn, pending.capture)
+                except BaseException as exc:
+                    for pending in batch:
+                        pending.error = exc
+                for pending in batch:
+                    pending.done = True
+        if slot.error is not None:
+            raise slot.error
+        assert slot.result is not None
+        return slot.result
+
+    def _insert_capture(self, conn: sqlite3.Connection, capture: Capture) -> AddResult:
+        rows = conn.execute(
+            "SELECT id, sha256 FROM captures WHERE unit_id = ? AND unit_ref = ?",
+            (capture.unit_id, capture.unit_ref),
+        ).fetchall()
+        for row in rows:
+            if row["sha256"] == capture.sha256:
+                return AddResult(row["id"], duplicate=True)
+        conn.execute(
+            """INSERT INTO captures (id, unit_id, unit_ref, path, sha256, size, received_at,
+                   unit_time, unit_time_kind, captured_at, trigger, meta, state_changed_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (
+                capture.id,
+                capture.unit_id,
+                capture.unit_ref,
+                capture.path,
+                capture.sha256,
+                len(capture.jpeg),
+                capture.received_at,
+                capture.unit_time,
+                capture.unit_time_kind,
+                capture.captured_at,
+                capture.trigger,
+                json.dumps(capture.meta, sort_keys=True),
+                self.clock(),
+            ),
+        )
+        conn.execute(
+            "INSERT INTO images (capture_id, variant, bytes, jpeg) VALUES (?, 'original', ?, ?)",
+            (capture.id, len(capture.jpeg), capture.jpeg),
+        )
+        self._touch_unit(conn, capture.unit_id, capture.path, capture.received_at)
         return AddResult(capture.id, duplicate=False, id_reuse=bool(rows))
 
     def read_image(self, capture_id: str, variant: str = "original") -> bytes | None:

@@ -36,8 +36,9 @@ def main_app(
 
     async def readyz(request: Request) -> Response:
         ok, why = ready()
-        return PlainTextResponse(("ready\n" if ok else f"not ready: {why}\n"),
-                                 status_code=200 if ok else 503)
+        return PlainTextResponse(
+            ("ready\n" if ok else f"not ready: {why}\n"), status_code=200 if ok else 503
+        )
 
     async def metrics_route(request: Request) -> Response:
         body = await asyncio.to_thread(metrics.render)

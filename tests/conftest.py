@@ -42,7 +42,7 @@ def station_config(tmp_path: Path, extra: str = "", **sections: str) -> Config:
         f"""
 [station]
 id = "test-station"
-data_dir = "{tmp_path / 'station'}"
+data_dir = "{tmp_path / "station"}"
 
 [http]
 listen = "127.0.0.1:{free_port()}"

@@ -74,9 +74,13 @@ class UnitSettings:
         if not p.UNIT_ID_RE.fullmatch(self.unit_id):
             raise ConfigureError(f"unit_id {self.unit_id!r} must match {p.UNIT_ID_RE.pattern}")
         if self.station_id and not p.UNIT_ID_RE.fullmatch(self.station_id):
-            raise ConfigureError(f"station_id {self.station_id!r} must match {p.UNIT_ID_RE.pattern}")
+            raise ConfigureError(
+                f"station_id {self.station_id!r} must match {p.UNIT_ID_RE.pattern}"
+            )
         if self.transport not in TRANSPORTS:
-            raise ConfigureError(f"transport {self.transport!r} is not one of {', '.join(TRANSPORTS)}")
+            raise ConfigureError(
+                f"transport {self.transport!r} is not one of {', '.join(TRANSPORTS)}"
+            )
         if self.transport == "mqtt":
             missing = [
                 name
@@ -93,12 +97,15 @@ class UnitSettings:
             if not re.match(r"^mqtts?://[^/\s]+", self.mqtt_uri):
                 raise ConfigureError(f"mqtt_uri {self.mqtt_uri!r} must look like mqtt://host:1883")
         if self.wifi_password and not (
-            8 <= len(self.wifi_password) <= 63 or re.fullmatch(r"[0-9a-fA-F]{64}", self.wifi_password)
+            8 <= len(self.wifi_password) <= 63
+            or re.fullmatch(r"[0-9a-fA-F]{64}", self.wifi_password)
         ):
             raise ConfigureError(
                 f"wifi_pass is {len(self.wifi_password)} characters; WPA2 needs 8-63 (or 64 hex digits)"
             )
-        quiet_start, quiet_end = self.quiet if self.quiet else (p.NO_QUIET_PERIOD, p.NO_QUIET_PERIOD)
+        quiet_start, quiet_end = (
+            self.quiet if self.quiet else (p.NO_QUIET_PERIOD, p.NO_QUIET_PERIOD)
+        )
         raw: dict[str, int | str] = {
             "unit_id": self.unit_id,
             "transport": TRANSPORTS[self.transport],
@@ -145,12 +152,16 @@ def check_value(key: str, value: int | str) -> int | str:
     return value
 
 
-def build_nvs_image(values: dict[str, tuple[str, int | str]], size: int, namespace: str = NAMESPACE) -> bytes:
+def build_nvs_image(
+    values: dict[str, tuple[str, int | str]], size: int, namespace: str = NAMESPACE
+) -> bytes:
     """An NVS partition image of `size` bytes holding `values` in `namespace`."""
     from esp_idf_nvs_partition_gen import nvs_partition_gen as gen
 
     if size % 4096 or size < 0x3000:
-        raise ConfigureError(f"NVS partition size {size:#x} must be a multiple of 4096 and at least 0x3000")
+        raise ConfigureError(
+            f"NVS partition size {size:#x} must be a multiple of 4096 and at least 0x3000"
+        )
     for key in [namespace, *values]:
         if len(key) > NVS_KEY_MAX:
             raise ConfigureError(f"NVS key {key!r} is {len(key)} characters, at most {NVS_KEY_MAX}")
@@ -174,7 +185,9 @@ def build_nvs_image(values: dict[str, tuple[str, int | str]], size: int, namespa
     return image
 
 
-def verify_image(image: bytes, values: dict[str, tuple[str, int | str]], namespace: str = NAMESPACE) -> None:
+def verify_image(
+    image: bytes, values: dict[str, tuple[str, int | str]], namespace: str = NAMESPACE
+) -> None:
     """Read the image back with our NVS reader: every key, type and value must round-trip."""
     try:
         got = read_nvs(image).get(namespace, {})
@@ -182,7 +195,9 @@ def verify_image(image: bytes, values: dict[str, tuple[str, int | str]], namespa
         raise ConfigureError(f"the NVS image does not read back: {exc}") from exc
     for key, (kind, value) in values.items():
         if got.get(key) != NvsValue(kind, value):
-            raise ConfigureError(f"NVS key {key!r} reads back as {got.get(key)}, wrote {kind} {value!r}")
+            raise ConfigureError(
+                f"NVS key {key!r} reads back as {got.get(key)}, wrote {kind} {value!r}"
+            )
     extra = set(got) - set(values)
     if extra:
         raise ConfigureError(f"the NVS image holds keys nobody wrote: {sorted(extra)}")
@@ -276,7 +291,9 @@ def configure(
                 "keys": {k: v[0] for k, v in values.items()},
                 "write_with": f"esptool --port PORT write-flash {offset:#x} {out.name}",
             }
-            (dry_run_dir / f"nvs-{settings.unit_id}.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            (dry_run_dir / f"nvs-{settings.unit_id}.json").write_text(
+                json.dumps(manifest, indent=2) + "\n"
+            )
             say(f"dry run   wrote {out} (not flashed)")
             return ConfigureResult(offset, size, image, str(out))
         assert target is not None

@@ -31,7 +31,9 @@ def core_source_dir() -> Path:
     env = os.environ.get("WILDCAM_CORE_SRC")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "esp32" / "firmware" / "components" / "wildcam_core"
+    return (
+        Path(__file__).resolve().parents[2] / "esp32" / "firmware" / "components" / "wildcam_core"
+    )
 
 
 def cache_dir() -> Path:
@@ -137,9 +139,7 @@ class Action(C.Structure):
 
 CAPTURE_FN = C.CFUNCTYPE(C.c_int, C.c_void_p, C.POINTER(Config), C.POINTER(CaptureMeta))
 META_FN = C.CFUNCTYPE(C.c_int, C.c_void_p, C.c_uint32, C.POINTER(CaptureMeta))
-READ_FN = C.CFUNCTYPE(
-    C.c_int, C.c_void_p, C.c_uint32, C.c_uint32, C.POINTER(C.c_uint8), C.c_uint32
-)
+READ_FN = C.CFUNCTYPE(C.c_int, C.c_void_p, C.c_uint32, C.c_uint32, C.POINTER(C.c_uint8), C.c_uint32)
 DELETE_FN = C.CFUNCTYPE(None, C.c_void_p, C.c_uint32)
 OLDEST_FN = C.CFUNCTYPE(C.c_int, C.c_void_p, C.POINTER(C.c_uint32))
 U16_FN = C.CFUNCTYPE(C.c_uint16, C.c_void_p)

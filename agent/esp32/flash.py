@@ -48,7 +48,9 @@ def chip_ids() -> dict[int, str]:
     """esptool's image chip ids -> chip names (esp32 = 0, esp32s3 = 9, ...)."""
     from esptool.targets import CHIP_DEFS
 
-    return {cls.IMAGE_CHIP_ID: name for name, cls in CHIP_DEFS.items() if cls.IMAGE_CHIP_ID is not None}
+    return {
+        cls.IMAGE_CHIP_ID: name for name, cls in CHIP_DEFS.items() if cls.IMAGE_CHIP_ID is not None
+    }
 
 
 def image_chip(data: bytes, what: str) -> str:
@@ -126,7 +128,9 @@ def _load_build_dir(build: Path) -> Firmware:
     if chip and chip != found:
         raise FlashError(f"{args_file} says chip {chip} but its images are for {found}")
     if not any(off == PARTITION_TABLE_OFFSET for off, _, _ in parts):
-        raise FlashError(f"{build}: no partition table at {PARTITION_TABLE_OFFSET:#x} in flasher_args.json")
+        raise FlashError(
+            f"{build}: no partition table at {PARTITION_TABLE_OFFSET:#x} in flasher_args.json"
+        )
     return Firmware(
         found,
         parts,
@@ -164,7 +168,9 @@ class FlashTarget(Protocol):
 
     def read_flash(self, offset: int, size: int) -> bytes: ...
 
-    def write_flash(self, parts: list[tuple[int, bytes]], firmware: Firmware | None = None) -> None: ...
+    def write_flash(
+        self, parts: list[tuple[int, bytes]], firmware: Firmware | None = None
+    ) -> None: ...
 
     def reset(self) -> None: ...
 
@@ -185,24 +191,30 @@ def _port_error(port: str, exc: BaseException) -> FlashError:
             f"(sudo usermod -aG dialout $USER, then log in again) or run as root"
         )
     if code == errno.ENOENT or "No such file or directory" in text or "could not open port" in text:
-        return NoDeviceError(f"no device at {port}: is the unit plugged in? (see `fieldstation esp32 inventory`)")
+        return NoDeviceError(
+            f"no device at {port}: is the unit plugged in? (see `fieldstation esp32 inventory`)"
+        )
     return NoDeviceError(
         f"no ESP32 answered on {port}: hold BOOT (IO0 to GND on an ESP32-CAM) while pressing "
-        f"RESET, or check the cable. esptool said: {text.strip().splitlines()[-1] if text.strip() else exc!r}"
+        f"RESET, or check the cable. esptool said: {text.strip().splitlines()[0] if text.strip() else exc!r}"
     )
 
 
 class EsptoolTarget:
     """A unit on a serial port, through esptool.cmds (connect, stub, read/write/verify, reset)."""
 
-    def __init__(self, port: str, chip: str = "auto", baud: int = 460800, connect_attempts: int = 3) -> None:
+    def __init__(
+        self, port: str, chip: str = "auto", baud: int = 460800, connect_attempts: int = 3
+    ) -> None:
         import serial
         from esptool.cmds import attach_flash, detect_chip, run_stub
         from esptool.util import FatalError
 
         self.port = port
         if not os.path.exists(port) and "://" not in port:
-            raise NoDeviceError(f"no device at {port}: is the unit plugged in? (see `fieldstation esp32 inventory`)")
+            raise NoDeviceError(
+                f"no device at {port}: is the unit plugged in? (see `fieldstation esp32 inventory`)"
+            )
         try:
             esp = detect_chip(port, connect_attempts=connect_attempts)
         except (FatalError, OSError, serial.SerialException) as exc:
@@ -210,7 +222,9 @@ class EsptoolTarget:
         found = _chip_name(esp)
         if chip != "auto" and chip != found:
             esp._port.close()
-            raise WrongChipError(f"--chip {chip} was asked for, but the unit on {port} is an {esp.CHIP_NAME}")
+            raise WrongChipError(
+                f"--chip {chip} was asked for, but the unit on {port} is an {esp.CHIP_NAME}"
+            )
         try:
             esp = run_stub(esp)
             if baud != esp.ESP_ROM_BAUD:
@@ -241,7 +255,9 @@ class EsptoolTarget:
         }
         addr_data = [(off, data) for off, data in parts]
         try:
-            write_flash(self.esp, addr_data, **settings)  # compares an MD5 of each region after writing
+            write_flash(
+                self.esp, addr_data, **settings
+            )  # compares an MD5 of each region after writing
             verify_flash(self.esp, addr_data, **settings)  # and read back once more, explicitly
         except FatalError as exc:
             raise FlashError(f"writing {self.port} failed: {exc}") from exc
@@ -272,7 +288,9 @@ class ImageFileTarget:
         self.mac = meta["mac"]
         self.resets = int(meta.get("resets", 0))
         if chip != "auto" and chip != self.chip:
-            raise WrongChipError(f"--chip {chip} was asked for, but the unit on {self.port} is an {self.chip}")
+            raise WrongChipError(
+                f"--chip {chip} was asked for, but the unit on {self.port} is an {self.chip}"
+            )
 
     def read_flash(self, offset: int, size: int) -> bytes:
         with open(self.path, "rb") as f:
@@ -283,7 +301,9 @@ class ImageFileTarget:
         total = self.path.stat().st_size
         for off, data in parts:
             if off + len(data) > total:
-                raise FlashError(f"{len(data)} bytes at {off:#x} do not fit in {total // 1024} KiB of flash")
+                raise FlashError(
+                    f"{len(data)} bytes at {off:#x} do not fit in {total // 1024} KiB of flash"
+                )
         with open(self.path, "r+b") as f:
             for off, data in parts:
                 f.seek(off)
@@ -335,8 +355,12 @@ def flash(
     """Detect the chip, check the firmware is for it, write with verify, reset."""
     firmware = load_firmware(firmware_path)
     if chip != "auto" and chip != firmware.chip:
-        raise WrongChipError(f"--chip {chip} was given but {firmware_path} is built for {firmware.chip}")
-    say(f"firmware  {firmware.source}  ({firmware.chip}, {len(firmware.parts)} parts, {firmware.size // 1024} KiB)")
+        raise WrongChipError(
+            f"--chip {chip} was given but {firmware_path} is built for {firmware.chip}"
+        )
+    say(
+        f"firmware  {firmware.source}  ({firmware.chip}, {len(firmware.parts)} parts, {firmware.size // 1024} KiB)"
+    )
     target = target_factory(port, chip, baud)
     try:
         say(f"unit      {target.port}  chip {target.chip}  MAC {target.mac}")

@@ -163,6 +163,8 @@ class CoreVirtualUnit(VirtualUnit):
             raise ValueError(f"unit {unit_id!r}: the core refused its NVS config ({rc})")
         self._station_time_ms = 0
         self._lock = threading.RLock()
+        # called with the whole NVS dict after the core writes a key (the virtual board persists it)
+        self.on_nvs_change: Callable[[dict[str, int | str]], None] | None = None
 
     # --- host HAL -------------------------------------------------------------------------------
 
@@ -278,6 +280,8 @@ class CoreVirtualUnit(VirtualUnit):
             if kind == 3 and value >= 0x8000:  # i16 travels sign-extended in a uint32
                 value -= 1 << 32
             self.nvs[key.decode()] = value
+            if self.on_nvs_change:
+                self.on_nvs_change(dict(self.nvs))
             return 0
 
         def get_str(_ctx: object, key: bytes, buf: int, cap: int) -> int:
@@ -292,6 +296,8 @@ class CoreVirtualUnit(VirtualUnit):
 
         def set_str(_ctx: object, key: bytes, value: bytes) -> int:
             self.nvs[key.decode()] = value.decode()
+            if self.on_nvs_change:
+                self.on_nvs_change(dict(self.nvs))
             return 0
 
         kv = core.KV(
@@ -486,3 +492,73 @@ class CoreVirtualUnit(VirtualUnit):
 
     def close(self) -> None:
         self.link.close()
+
+
+class UnitRunner:
+    """The firmware's main loop for a virtual unit, in a thread: wake, work, deep sleep, repeat.
+
+    While "asleep" the unit hears nothing (bytes sent to it are dropped on the next wake, as a
+    sleeping UART would lose them). It wakes when its timer runs out (time_scale > 0 shortens
+    timers: 0.01 makes 300 s into 3 s; 0 means only explicit wakes) or on `wake("pir")`.
+    """
+
+    def __init__(self, unit: CoreVirtualUnit, time_scale: float = 0.0) -> None:
+        self.unit = unit
+        self.time_scale = time_scale
+        self.awake = threading.Event()
+        self._wake_reason: str | None = "power_on"
+        self._wake = threading.Event()
+        self._wake.set()
+        self._stop = threading.Event()
+        self.cycles = 0
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"unit-{unit.unit_id}", daemon=True)
+
+    def start(self) -> UnitRunner:
+        self._thread.start()
+        return self
+
+    def wake(self, reason: str = "pir") -> None:
+        """A PIR trigger (or timer) while the unit sleeps."""
+        self._wake_reason = reason
+        self._wake.set()
+
+    def _drain(self) -> None:
+        while self.unit._input.read(0) is not None:
+            pass
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._wake.wait()
+                if self._stop.is_set():
+                    return
+                self._wake.clear()
+                reason = self._wake_reason or "timer"
+                self._wake_reason = None
+                if reason != "power_on":
+                    self._drain()
+                self.awake.set()
+                self.unit.wake(reason)
+                while not self._stop.is_set():
+                    act = self.unit.poll()
+                    if act.kind == ACT_SLEEP:
+                        break
+                    if act.kind == ACT_WAIT:
+                        self.unit.pump(min(act.wait_ms / 1000, 0.1))
+                self.awake.clear()
+                self.cycles += 1
+                seconds = self.unit.sleeps[-1].seconds if self.unit.sleeps else 0
+                if self.time_scale > 0 and seconds > 0:
+                    # timer wake after the (scaled) sleep unless something else wakes us first
+                    if not self._wake.wait(seconds * self.time_scale):
+                        self._wake_reason = "timer"
+                        self._wake.set()
+        except BaseException as exc:  # noqa: BLE001 - surfaced to the test through .error
+            self.error = exc
+            log.exception("virtual unit %s crashed", self.unit.unit_id)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=10)

@@ -106,7 +106,9 @@ def run_unit(
             totals.acked += ok
             totals.failed += not ok
         ms = (time.monotonic() - t0) * 1000
-        say(f"  {unit.unit_id}  cycle {n:>4}  {'acked' if ok else 'NOT ACKED':9}  {ms:7.1f} ms  {detail}")
+        say(
+            f"  {unit.unit_id}  cycle {n:>4}  {'acked' if ok else 'NOT ACKED':9}  {ms:7.1f} ms  {detail}"
+        )
         stop.wait(interval_s)
 
 
@@ -128,9 +130,17 @@ def simulate(
     if rate <= 0 or units < 1:
         raise ValueError("--rate must be > 0 and --units >= 1")
     images = load_images(images_dir)
-    say(f"simulating {units} unit(s), {rate:g} capture(s)/min each, {len(images)} images from {images_dir}")
-    fleet = make_units(serial=serial, mqtt=mqtt, units=units, station=station, images=images, say=say)
-    say(f"  engine {fleet[0].engine} (firmware core)" if fleet[0].engine == "c-core" else "  engine pure-Python fallback (no C compiler)")
+    say(
+        f"simulating {units} unit(s), {rate:g} capture(s)/min each, {len(images)} images from {images_dir}"
+    )
+    fleet = make_units(
+        serial=serial, mqtt=mqtt, units=units, station=station, images=images, say=say
+    )
+    say(
+        f"  engine {fleet[0].engine} (firmware core)"
+        if fleet[0].engine == "c-core"
+        else "  engine pure-Python fallback (no C compiler)"
+    )
     stop = threading.Event()
     totals = SimTotals()
     lock = threading.Lock()
@@ -158,10 +168,10 @@ def simulate(
         t.join(timeout=60)
     for u in fleet:
         u.close()
-        if serial and serial != "auto":
-            for i in range(units):
-                link_path = Path(serial if units == 1 else f"{serial}{i}")
-                if link_path.is_symlink():
-                    os.unlink(link_path)
+    if serial and serial != "auto":
+        for i in range(units):
+            link_path = Path(serial if units == 1 else f"{serial}{i}")
+            if link_path.is_symlink():
+                os.unlink(link_path)
     say(f"done: {totals.cycles} captures, {totals.acked} acknowledged, {totals.failed} not")
     return 0 if totals.failed == 0 and totals.cycles > 0 else 1

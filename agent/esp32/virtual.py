@@ -119,6 +119,9 @@ class MqttUnitLink(UnitLink):
         )
 
         def on_connect(c, userdata, flags, rc, props):  # noqa: ANN001
+            from agent.ingest.mqtt import _no_delay
+
+            _no_delay(c)
             c.subscribe([(self.prefix + "ack", 1), (self.prefix + "cmd", 1)])
 
         def on_subscribe(c, userdata, mid, rcs, props):  # noqa: ANN001
@@ -240,8 +243,9 @@ class VirtualUnit:
     def report_config(self) -> None:
         self._send(p.ConfigReport(self.unit_id, **vars(self.config)), "hello")
 
-    def telemetry(self, battery_mv: int = 3900, temperature_c: float | None = 21.5,
-                  rssi_dbm: int = -60) -> None:
+    def telemetry(
+        self, battery_mv: int = 3900, temperature_c: float | None = 21.5, rssi_dbm: int = -60
+    ) -> None:
         self._send(
             p.Telemetry(
                 self.unit_id,

@@ -90,7 +90,9 @@ def cmd_models_list(args: argparse.Namespace) -> int:
         row: dict[str, Any] = {"path": str(path), "active": active.get(path.resolve(), "")}
         try:
             card, _model, _files, _src = read_package(path)
-            row.update(name=card.name, version=card.version, task=card.task, labels=len(card.labels))
+            row.update(
+                name=card.name, version=card.version, task=card.task, labels=len(card.labels)
+            )
             load_package(path, threads=section.threads, xnnpack=section.xnnpack)
             row["status"] = "ok"
         except (PackageError, RuntimeMissing) as exc:
@@ -102,14 +104,21 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     except RuntimeMissing as exc:
         runtime = f"missing ({exc})"
     if args.json:
-        print(json.dumps({"runtime": runtime, "folders": [str(f) for f in folders], "packages": rows}, indent=2))
+        print(
+            json.dumps(
+                {"runtime": runtime, "folders": [str(f) for f in folders], "packages": rows},
+                indent=2,
+            )
+        )
         return 0
     print(f"runtime   {runtime}")
     print(f"folders   {', '.join(str(f) for f in folders)}")
     if not rows:
         print("no model packages found")
         return 0
-    print(f"{'NAME':<22} {'VERSION':<8} {'TASK':<23} {'LABELS':>6}  {'ACTIVE':<10} {'STATUS':<6} PATH")
+    print(
+        f"{'NAME':<22} {'VERSION':<8} {'TASK':<23} {'LABELS':>6}  {'ACTIVE':<10} {'STATUS':<6} PATH"
+    )
     for r in rows:
         print(
             f"{r['name']:<22} {r.get('version', '-'):<8} {r.get('task', '-'):<23} "
@@ -124,12 +133,21 @@ def cmd_infer(args: argparse.Namespace) -> int:
     mdir = models_dir(section, Path(config.data_dir))
     ref = args.model or section.detector
     if not ref:
-        print("fieldstation infer: no --model given and no [inference] detector configured", file=sys.stderr)
+        print(
+            "fieldstation infer: no --model given and no [inference] detector configured",
+            file=sys.stderr,
+        )
         return 2
     threads = args.threads or section.threads
     try:
-        detector = load_package(resolve_package(ref, mdir), threads=threads, xnnpack=section.xnnpack)
-        cref = args.classifier if args.classifier is not None else (None if args.model else section.classifier)
+        detector = load_package(
+            resolve_package(ref, mdir), threads=threads, xnnpack=section.xnnpack
+        )
+        cref = (
+            args.classifier
+            if args.classifier is not None
+            else (None if args.model else section.classifier)
+        )
         classifier = (
             load_package(resolve_package(cref, mdir), threads=threads, xnnpack=section.xnnpack)
             if cref
@@ -181,5 +199,7 @@ def _line(d: Any, w: int, h: int) -> str:
     where = "whole frame"
     if d.box is not None:
         x, y, bw, bh = d.box
-        where = f"box x={x:.3f} y={y:.3f} w={bw:.3f} h={bh:.3f} ({round(bw * w)}x{round(bh * h)} px)"
+        where = (
+            f"box x={x:.3f} y={y:.3f} w={bw:.3f} h={bh:.3f} ({round(bw * w)}x{round(bh * h)} px)"
+        )
     return f"{d.label:<12} {d.group:<8} {d.score:.3f}  {where}  [{d.model}@{d.model_version}]"

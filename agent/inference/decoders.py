@@ -124,7 +124,9 @@ def nms(
 
 
 def _valid(boxes: np.ndarray) -> np.ndarray:
-    return np.isfinite(boxes).all(axis=1) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return (
+        np.isfinite(boxes).all(axis=1) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    )
 
 
 # --- families ------------------------------------------------------------------------------------
@@ -176,7 +178,9 @@ class SsdPostprocess:
         count = [i for i, sh in enumerate(shapes) if int(np.prod(sh)) == 1]
         rest = [i for i in range(4) if i not in boxes + count]
         if len(boxes) != 1 or len(count) != 1 or len(rest) != 2:
-            raise DecoderError(f"outputs {shapes} are not boxes [1,N,4], classes, scores, count [1]")
+            raise DecoderError(
+                f"outputs {shapes} are not boxes [1,N,4], classes, scores, count [1]"
+            )
         names = [outputs[i]["name"].lower() for i in rest]
         if "score" in names[0] and "class" in names[1]:
             rest.reverse()  # some exporters emit scores before classes
@@ -225,10 +229,16 @@ class Yolo:
         if len(shape) != 3 or shape[0] != 1:
             raise DecoderError(f"YOLO output {shape} is not [1, 4+C, N] or [1, N, 5+C]")
         widths = {True: 5 + c, False: 4 + c}
-        allowed = [widths[self.objectness]] if self.objectness is not None else list(widths.values())
+        allowed = (
+            [widths[self.objectness]] if self.objectness is not None else list(widths.values())
+        )
         layout = self.layout
         if layout == "auto":
-            layout = "channels_first" if shape[1] in allowed and shape[2] not in allowed else "boxes_last"
+            layout = (
+                "channels_first"
+                if shape[1] in allowed and shape[2] not in allowed
+                else "boxes_last"
+            )
         width = shape[1] if layout == "channels_first" else shape[2]
         if width not in allowed:
             raise DecoderError(
@@ -244,7 +254,9 @@ class Yolo:
             head = head.T
         head = head.astype(np.float32, copy=False)
         if self.objectness:
-            scores = _activate(head[:, 5:], self.activation) * _activate(head[:, 4:5], self.activation)
+            scores = _activate(head[:, 5:], self.activation) * _activate(
+                head[:, 4:5], self.activation
+            )
         else:
             scores = _activate(head[:, 4:], self.activation)
         cls = np.argmax(scores, axis=1)
@@ -256,7 +268,9 @@ class Yolo:
         if self.coords == "pixels":
             w, h = self.s.input_size
             xywh = xywh / np.array([w, h, w, h], dtype=np.float32)
-        boxes = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], axis=1)
+        boxes = np.concatenate(
+            [xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], axis=1
+        )
         ok = _valid(boxes)
         kept = nms(boxes[ok], best[ok], cls[ok], self.s.nms_iou, self.s.max_detections)
         return [Raw(c, s, tuple(float(v) for v in b)) for c, s, b in kept]
@@ -356,7 +370,11 @@ class AnchorSsd:
         boxes = np.concatenate([centre - half, centre + half], axis=1)
         ok = _valid(boxes)
         kept = nms(
-            boxes[ok], best[keep][ok], cls[keep][ok], self.s.nms_iou, self.s.max_detections,
+            boxes[ok],
+            best[keep][ok],
+            cls[keep][ok],
+            self.s.nms_iou,
+            self.s.max_detections,
             weighted=self.weighted,
         )
         return [Raw(c, s, tuple(float(v) for v in b)) for c, s, b in kept]

@@ -32,7 +32,9 @@ class Letterbox:
     sx: float = 1.0  # fraction of the input's width the image covers
     sy: float = 1.0
 
-    def to_original(self, box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    def to_original(
+        self, box: tuple[float, float, float, float]
+    ) -> tuple[float, float, float, float]:
         """(x0, y0, x1, y1) in input-normalised units -> clipped (x, y, w, h) of the original."""
         x0 = min(max((box[0] - self.x0) / self.sx, 0.0), 1.0)
         y0 = min(max((box[1] - self.y0) / self.sy, 0.0), 1.0)
@@ -41,14 +43,58 @@ class Letterbox:
         return (x0, y0, x1 - x0, y1 - y0)
 
 
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_STANDALONE = {0x01, *range(0xD0, 0xD8)}
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the JPEG frame header, read without decoding anything.
+
+    Our own few lines (not Pillow's) so an oversized header is refused with the station's
+    limit and message before any decoder sees it.
+    """
+    if data[:2] != b"\xff\xd8":
+        raise ImageError(
+            f"not a JPEG: starts with {data[:4].hex() or 'nothing'} instead of ffd8 (SOI)"
+        )
+    i = 2
+    n = len(data)
+    while i < n:
+        if data[i] != 0xFF:
+            raise ImageError(f"corrupt JPEG header: expected a marker at byte {i}")
+        while i < n and data[i] == 0xFF:  # fill bytes
+            i += 1
+        if i >= n:
+            break
+        marker = data[i]
+        i += 1
+        if marker in _STANDALONE:
+            continue
+        if marker in (0xD9, 0xDA):
+            raise ImageError("corrupt JPEG header: no frame header (SOF) before the image data")
+        if i + 2 > n:
+            break
+        length = int.from_bytes(data[i : i + 2], "big")
+        if length < 2:
+            raise ImageError(f"corrupt JPEG header: segment length {length} at byte {i}")
+        if marker in _SOF:
+            if length < 8 or i + 7 > n:
+                break
+            height = int.from_bytes(data[i + 3 : i + 5], "big")
+            width = int.from_bytes(data[i + 5 : i + 7], "big")
+            return width, height
+        i += length
+    raise ImageError("truncated JPEG: the data ends before the frame header (SOF)")
+
+
 def open_jpeg(
     data: bytes, *, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE
 ) -> Image.Image:
     """Parse the header only (no pixels decoded yet) and refuse what must not be decoded."""
     if not data:
         raise ImageError("empty image (0 bytes)")
-    if data[:2] != b"\xff\xd8":
-        raise ImageError(f"not a JPEG: starts with {data[:4].hex()} instead of ffd8 (SOI)")
+    width, height = jpeg_size(data)
+    _check_size(width, height, max_pixels, min_side)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -57,7 +103,12 @@ def open_jpeg(
         raise ImageError(f"image header too large: {exc}") from None
     except (OSError, SyntaxError, ValueError, struct.error, IndexError) as exc:
         raise ImageError(f"unreadable JPEG header: {exc}") from None
-    width, height = image.size
+    if image.size != (width, height):
+        raise ImageError(f"JPEG header sizes disagree: {image.size} and {(width, height)}")
+    return image
+
+
+def _check_size(width: int, height: int, max_pixels: int, min_side: int) -> None:
     if width * height > max_pixels:
         raise ImageError(
             f"image header says {width}x{height} = {width * height} pixels, over the limit "
@@ -65,7 +116,6 @@ def open_jpeg(
         )
     if min(width, height) < min_side:
         raise ImageError(f"image is {width}x{height}, smaller than {min_side} pixels on a side")
-    return image
 
 
 def decode(image: Image.Image, request: tuple[int, int] | None = None) -> Image.Image:
@@ -92,7 +142,9 @@ def decode_jpeg(
     return decode(image, request), size
 
 
-def draft_request(size: tuple[int, int], target: tuple[int, int], letterbox: bool) -> tuple[int, int]:
+def draft_request(
+    size: tuple[int, int], target: tuple[int, int], letterbox: bool
+) -> tuple[int, int]:
     """The smallest decode size that still covers the model input (w, h) after resizing."""
     w, h = size
     tw, th = target
@@ -104,44 +156,72 @@ def draft_request(size: tuple[int, int], target: tuple[int, int], letterbox: boo
 
 def fit(
     image: Image.Image, width: int, height: int, *, letterbox: bool, pad: int = 0
-) -> tuple[Image.Image, Letterbox]:
-    """Resize to (width, height): stretched, or aspect kept and centred on a padded canvas."""
+) -> tuple[np.ndarray, Letterbox]:
+    """Resize to (width, height) pixels, HxWx3 uint8: stretched, or aspect kept and centred
+    between pad bars (letterbox)."""
     if not letterbox:
         if image.size != (width, height):
             image = image.resize((width, height), Image.BILINEAR)
-        return image, Letterbox()
+        return np.asarray(image), Letterbox()
     w, h = image.size
     scale = min(width / w, height / h)
-    cw, ch = max(1, round(w * scale)), max(1, round(h * scale))
+    cw, ch = max(1, min(width, round(w * scale))), max(1, min(height, round(h * scale)))
     resized = image.resize((cw, ch), Image.BILINEAR) if (cw, ch) != (w, h) else image
     if (cw, ch) == (width, height):
-        return resized, Letterbox()
-    canvas = Image.new("RGB", (width, height), (pad, pad, pad))
+        return np.asarray(resized), Letterbox()
+    canvas = np.full((height, width, 3), pad, np.uint8)
     px, py = (width - cw) // 2, (height - ch) // 2
-    canvas.paste(resized, (px, py))
+    canvas[py : py + ch, px : px + cw] = np.asarray(resized)
     return canvas, Letterbox(px / width, py / height, cw / width, ch / height)
 
 
-def pixels_to_tensor(
-    image: Image.Image,
-    *,
-    dtype: np.dtype,
-    mean: np.ndarray,
-    std: np.ndarray,
-    quantisation: tuple[float, int],
-    bgr: bool = False,
-    nchw: bool = False,
-) -> np.ndarray:
-    """RGB pixels -> a [1, ...] tensor: (pixel - mean) / std, then the tensor's own quantisation."""
-    pixels = np.asarray(image, dtype=np.float32)
-    if bgr:
-        pixels = pixels[..., ::-1]
-    real = (pixels - mean) / std
-    if np.issubdtype(dtype, np.integer):
-        scale, zero_point = quantisation
-        info = np.iinfo(dtype)
-        real = np.clip(np.rint(real / scale + zero_point), info.min, info.max)
-    tensor = real.astype(dtype, copy=False)
-    if nchw:
-        tensor = tensor.transpose(2, 0, 1)
-    return np.ascontiguousarray(tensor[np.newaxis])
+class Normaliser:
+    """HxWx3 uint8 pixels -> the model's [1, ...] input: (pixel - mean) / std, then the tensor's
+    own quantisation for integer inputs (through a per-channel lookup table)."""
+
+    def __init__(
+        self,
+        *,
+        dtype: np.dtype,
+        mean: np.ndarray,
+        std: np.ndarray,
+        quantisation: tuple[float, int],
+        bgr: bool = False,
+        nchw: bool = False,
+    ) -> None:
+        self.dtype = np.dtype(dtype)
+        self.bgr = bgr
+        self.nchw = nchw
+        mean = np.asarray(mean, np.float32)
+        std = np.asarray(std, np.float32)
+        if bgr:
+            mean, std = mean[::-1], std[::-1]  # the table is indexed after the channel swap
+        self.scale = (1.0 / std).astype(np.float32)
+        self.offset = (-mean / std).astype(np.float32)
+        self.table = None
+        if self.dtype.kind in "iu":
+            real = (
+                np.arange(256, dtype=np.float32)[None, :] * self.scale[:, None]
+                + self.offset[:, None]
+            )
+            q_scale, zero_point = quantisation
+            info = np.iinfo(self.dtype)
+            self.table = np.clip(np.rint(real / q_scale + zero_point), info.min, info.max).astype(
+                self.dtype
+            )  # [3, 256]
+            self.channels = np.arange(3)
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        if self.bgr:
+            pixels = pixels[..., ::-1]
+        if self.table is not None:
+            tensor = self.table[self.channels, pixels]
+        else:
+            tensor = np.empty(pixels.shape, np.float32)
+            np.multiply(pixels, self.scale, out=tensor, casting="unsafe")
+            tensor += self.offset
+            if self.dtype != np.float32:
+                tensor = tensor.astype(self.dtype)
+        if self.nchw:
+            tensor = tensor.transpose(2, 0, 1)
+        return np.ascontiguousarray(tensor[np.newaxis])

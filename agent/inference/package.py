@@ -31,7 +31,9 @@ CARD = "model.json"
 GROUPS = ("animal", "person", "vehicle", "other")
 DTYPES = {"float32": np.float32, "uint8": np.uint8, "int8": np.int8}
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_SEMVER_RE = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$")
+_SEMVER_RE = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$"
+)
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 MAX_MODEL_BYTES = 256 << 20
 MAX_CARD_BYTES = 1 << 20
@@ -108,8 +110,13 @@ def parse_card(data: bytes | str | dict[str, Any], source: str = "model.json") -
     p = _Problems()
     d = data
 
-    def get(key: str, kind: type | tuple[type, ...], default: Any = ..., where: dict | None = None,
-            prefix: str = "") -> Any:
+    def get(
+        key: str,
+        kind: type | tuple[type, ...],
+        default: Any = ...,
+        where: dict | None = None,
+        prefix: str = "",
+    ) -> Any:
         src = d if where is None else where
         if key not in src:
             if default is ...:
@@ -142,13 +149,18 @@ def parse_card(data: bytes | str | dict[str, Any], source: str = "model.json") -
 
     labels = get("labels", list)
     if labels is not None:
+        problem = None
         if not labels:
-            p.add("labels", "must list at least one label")
+            problem = "must list at least one label"
         elif not all(isinstance(x, str) and x for x in labels):
-            p.add("labels", "every label must be a non-empty string")
+            problem = "every label must be a non-empty string"
         elif len(set(labels)) != len(labels):
-            p.add("labels", "labels must be unique")
-        labels = tuple(labels)
+            problem = "labels must be unique"
+        if problem:
+            p.add("labels", problem)
+            labels = None
+        else:
+            labels = tuple(labels)
     label_set = set(labels or ())
 
     groups: dict[str, str] = {}
@@ -231,7 +243,13 @@ def parse_card(data: bytes | str | dict[str, Any], source: str = "model.json") -
 
 
 def _kind(kind: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "an object"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        list: "a list",
+        dict: "an object",
+    }
     if isinstance(kind, tuple):
         return " or ".join(names.get(k, k.__name__) for k in kind)
     return names.get(kind, kind.__name__)
@@ -244,7 +262,12 @@ def _parse_input(raw: dict[str, Any] | None, p: _Problems) -> InputSpec | None:
     def field_(key, kind, default, check, reason):
         nonlocal bad
         value = raw.get(key, default)
-        if value is ... or isinstance(value, bool) != (kind is bool) or not isinstance(value, kind) or not check(value):
+        if (
+            value is ...
+            or isinstance(value, bool) != (kind is bool)
+            or not isinstance(value, kind)
+            or not check(value)
+        ):
             p.add(f"input.{key}", reason if value is not ... else "missing")
             bad = True
             return None
@@ -256,7 +279,10 @@ def _parse_input(raw: dict[str, Any] | None, p: _Problems) -> InputSpec | None:
     colour = field_("colour", str, "RGB", lambda v: v in ("RGB", "BGR"), "must be RGB or BGR")
     dtype = field_("dtype", str, ..., lambda v: v in DTYPES, f"must be one of {', '.join(DTYPES)}")
     resize = field_(
-        "resize", str, "letterbox", lambda v: v in ("letterbox", "stretch"),
+        "resize",
+        str,
+        "letterbox",
+        lambda v: v in ("letterbox", "stretch"),
         "must be letterbox or stretch",
     )
     pad = field_("pad_value", int, 0, lambda v: 0 <= v <= 255, "must be an integer 0..255")
@@ -317,7 +343,9 @@ def _check_selftest(entry: Any, key: str, p: _Problems) -> None:
     if entry.get("pattern") not in (None, *PATTERNS):
         p.add(f"{key}.pattern", f"{entry['pattern']!r} is not one of {', '.join(PATTERNS)}")
     if "image" in entry and (
-        not isinstance(entry["image"], str) or "/" in entry["image"] or entry["image"].startswith(".")
+        not isinstance(entry["image"], str)
+        or "/" in entry["image"]
+        or entry["image"].startswith(".")
     ):
         p.add(f"{key}.image", "must be a plain file name inside the package")
     if "outputs" not in entry and "detections" not in entry:
@@ -371,8 +399,14 @@ class ModelPackage:
     """A loaded, checked model: card, interpreter and decoder. Not thread-safe (one interpreter)."""
 
     def __init__(
-        self, card: ModelCard, model: bytes, source: str, files: dict[str, bytes],
-        *, threads: int = 1, xnnpack: bool = True,
+        self,
+        card: ModelCard,
+        model: bytes,
+        source: str,
+        files: dict[str, bytes],
+        *,
+        threads: int = 1,
+        xnnpack: bool = True,
     ) -> None:
         self.card = card
         self.source = source
@@ -404,12 +438,18 @@ class ModelPackage:
         except dec.DecoderError as exc:
             raise PackageError(where, f"card contradicts the model: {exc}") from None
         spec = card.input
-        self._dtype = np.dtype(DTYPES[spec.dtype])
-        self._mean = np.array(spec.mean, np.float32)
-        self._std = np.array(spec.std, np.float32)
-        self._quant = tuple(self._input[0]["quantization"])
-        if self._dtype.kind in "iu" and self._quant[0] == 0:
+        dtype = np.dtype(DTYPES[spec.dtype])
+        quant = tuple(self._input[0]["quantization"])
+        if dtype.kind in "iu" and quant[0] == 0:
             raise PackageError(where, f"input is {spec.dtype} but the tensor has no quantisation")
+        self._normalise = img.Normaliser(
+            dtype=dtype,
+            mean=np.array(spec.mean, np.float32),
+            std=np.array(spec.std, np.float32),
+            quantisation=quant,
+            bgr=spec.colour == "BGR",
+            nchw=spec.layout == "NCHW",
+        )
 
     @property
     def name(self) -> str:
@@ -421,10 +461,14 @@ class ModelPackage:
 
     def _check_input(self) -> None:
         if len(self._input) != 1:
-            raise dec.DecoderError(f"the model has {len(self._input)} inputs; one image is supported")
+            raise dec.DecoderError(
+                f"the model has {len(self._input)} inputs; one image is supported"
+            )
         spec = self.card.input
         want = (
-            [1, spec.height, spec.width, 3] if spec.layout == "NHWC" else [1, 3, spec.height, spec.width]
+            [1, spec.height, spec.width, 3]
+            if spec.layout == "NHWC"
+            else [1, 3, spec.height, spec.width]
         )
         got = [int(v) for v in self._input[0]["shape"]]
         if got != want:
@@ -461,16 +505,7 @@ class ModelPackage:
         fitted, box = img.fit(
             image, spec.width, spec.height, letterbox=spec.resize == "letterbox", pad=spec.pad_value
         )
-        tensor = img.pixels_to_tensor(
-            fitted,
-            dtype=self._dtype,
-            mean=self._mean,
-            std=self._std,
-            quantisation=self._quant,
-            bgr=spec.colour == "BGR",
-            nchw=spec.layout == "NCHW",
-        )
-        return tensor, box
+        return self._normalise(fitted), box
 
     def invoke(self, tensor: np.ndarray) -> list[np.ndarray]:
         """Raw outputs, dequantised to float32 where the tensor is quantised."""
@@ -511,7 +546,11 @@ class ModelPackage:
         found = self.postprocess(outputs, box)
         t3 = time.perf_counter()
         if timings is not None:
-            for stage, dt in (("preprocess", t1 - t0), ("invoke", t2 - t1), ("postprocess", t3 - t2)):
+            for stage, dt in (
+                ("preprocess", t1 - t0),
+                ("invoke", t2 - t1),
+                ("postprocess", t3 - t2),
+            ):
                 timings[stage] = timings.get(stage, 0.0) + dt
         return found
 
@@ -522,16 +561,22 @@ class ModelPackage:
         for i, entry in enumerate(self.card.selftest):
             problem = self._selftest_one(entry)
             if problem:
-                raise PackageError(f"{self.card.id} ({self.source})", f"self-test {i} failed: {problem}")
+                raise PackageError(
+                    f"{self.card.id} ({self.source})", f"self-test {i} failed: {problem}"
+                )
 
     def _selftest_image(self, entry: dict[str, Any]) -> Image.Image:
         if "pattern" in entry:
             return pattern_image(entry["pattern"], self.card.input.width, self.card.input.height)
         data = self.files.get(entry["image"])
         if data is None:
-            raise PackageError(self.card.id, f"self-test image {entry['image']!r} is not in the package")
-        decoded, _size = img.decode_jpeg(data, min_side=1) if data[:2] == b"\xff\xd8" else (
-            Image.open(io.BytesIO(data)).convert("RGB"), None
+            raise PackageError(
+                self.card.id, f"self-test image {entry['image']!r} is not in the package"
+            )
+        decoded, _size = (
+            img.decode_jpeg(data, min_side=1)
+            if data[:2] == b"\xff\xd8"
+            else (Image.open(io.BytesIO(data)).convert("RGB"), None)
         )
         return decoded
 
@@ -636,7 +681,9 @@ def _read_tar(path: Path, source: str) -> dict[str, bytes]:
                     continue
                 name = m.name.split("/")[-1]  # packages may be tarred with or without a folder
                 if m.size > MAX_MODEL_BYTES:
-                    raise PackageError(source, f"{m.name} is {m.size} bytes, over {MAX_MODEL_BYTES}")
+                    raise PackageError(
+                        source, f"{m.name} is {m.size} bytes, over {MAX_MODEL_BYTES}"
+                    )
                 f = tar.extractfile(m)
                 if f is not None:
                     members[name] = f.read()
@@ -693,7 +740,9 @@ def load_package(path: Path | str, *, threads: int = 1, xnnpack: bool = True) ->
     return package
 
 
-def golden_for(model: bytes, card: dict[str, Any], image_files: dict[str, bytes] | None = None) -> list[dict[str, Any]]:
+def golden_for(
+    model: bytes, card: dict[str, Any], image_files: dict[str, bytes] | None = None
+) -> list[dict[str, Any]]:
     """Self-test entries recorded from this model (for cards written by models/make_fixtures.py).
 
     The patterns "ramp" (raw outputs) and "blobs" (decoded detections) are always recorded; each
@@ -701,9 +750,15 @@ def golden_for(model: bytes, card: dict[str, Any], image_files: dict[str, bytes]
     """
     draft = dict(card, sha256=hashlib.sha256(model).hexdigest(), selftest=[])
     draft.setdefault("model", {"file": "model.tflite"})
-    package = ModelPackage(parse_card(draft, card.get("name", "?")), model, "<golden>", dict(image_files or {}))
+    package = ModelPackage(
+        parse_card(draft, card.get("name", "?")), model, "<golden>", dict(image_files or {})
+    )
     entries: list[dict[str, Any]] = []
-    ramp = package.invoke(package.preprocess(pattern_image("ramp", package.card.input.width, package.card.input.height))[0])
+    ramp = package.invoke(
+        package.preprocess(
+            pattern_image("ramp", package.card.input.width, package.card.input.height)
+        )[0]
+    )
     entries.append(
         {
             "pattern": "ramp",
@@ -737,6 +792,8 @@ def golden_for(model: bytes, card: dict[str, Any], image_files: dict[str, bytes]
     return entries
 
 
-def _run_raw(package: ModelPackage, entry: dict[str, Any]) -> tuple[list[np.ndarray], img.Letterbox]:
+def _run_raw(
+    package: ModelPackage, entry: dict[str, Any]
+) -> tuple[list[np.ndarray], img.Letterbox]:
     tensor, box = package.preprocess(package._selftest_image(entry))
     return package.invoke(tensor), box

@@ -18,7 +18,9 @@ POLICIES = ("blur", "drop", "keep")
 PRIVATE_GROUP = "person"
 
 
-def private_boxes(detections: Sequence[Detection]) -> list[tuple[float, float, float, float] | None]:
+def private_boxes(
+    detections: Sequence[Detection],
+) -> list[tuple[float, float, float, float] | None]:
     """Boxes of every person-group result (a classifier's on its parent's box; None = frame)."""
     out: list[tuple[float, float, float, float] | None] = []
     for d in detections:

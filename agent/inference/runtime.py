@@ -53,7 +53,9 @@ def make_interpreter(model: bytes, *, threads: int = 1, xnnpack: bool = True) ->
     _name, module = _import()
     kwargs: dict[str, Any] = {"model_content": model, "num_threads": max(1, threads)}
     if not xnnpack:
-        kwargs["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        kwargs["experimental_op_resolver_type"] = (
+            module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        )
     try:
         interpreter = module.Interpreter(**kwargs)
         interpreter.allocate_tensors()

@@ -42,7 +42,9 @@ class InferenceSection:
         50_000_000, help="captures whose header claims more pixels are failed", min=1
     )
     min_side: int = opt(16, help="captures smaller than this on a side are failed", min=1)
-    crop_margin: float = opt(0.1, help="context added around a box before classifying", min=0, max=1)
+    crop_margin: float = opt(
+        0.1, help="context added around a box before classifying", min=0, max=1
+    )
 
 
 def resolve_package(ref: str, models_dir: Path) -> Path:

@@ -7,7 +7,6 @@ previous one running (or, at start, leaves captures waiting in `received` until 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -155,8 +154,13 @@ class InferenceWorker:
             self.last_error = None
         except PackageError as exc:
             if str(exc) != self.last_error:
-                log.error("%s; %s", exc, "keeping the previous models" if self.pipeline else
-                          "captures wait until a good package is installed")
+                log.error(
+                    "%s; %s",
+                    exc,
+                    "keeping the previous models"
+                    if self.pipeline
+                    else "captures wait until a good package is installed",
+                )
             self.last_error = str(exc)
         self._signature = signature
 
@@ -275,11 +279,11 @@ def _names(p: Pipeline) -> list[str]:
 
 
 def _stamp(path: Path | None) -> tuple | None:
+    """What changes when a package is replaced: every file's name, mtime and size."""
     if path is None:
         return None
     try:
-        target = path / "model.json" if path.is_dir() else path
-        st = os.stat(target)
-        return (str(path), st.st_mtime_ns, st.st_size)
+        files = sorted(path.iterdir()) if path.is_dir() else [path]
+        return tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.is_file())
     except OSError:
         return (str(path), None)

@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from agent import protocol as p
@@ -52,6 +53,7 @@ class Assembler:
         monotonic: Callable[[], float] = time.monotonic,
         on_unit: Callable[[str], None] | None = None,
         on_stored: Callable[[str, str, bool], None] | None = None,
+        committer: Executor | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
@@ -63,6 +65,9 @@ class Assembler:
         self.monotonic = monotonic
         self.on_unit = on_unit  # tells the station which link a unit is on (for commands)
         self.on_stored = on_stored  # (unit_id, capture_id, duplicate) after the ACK went out
+        # where the commit and ACK run: inline (serial: one thread per port) or a pool (MQTT:
+        # paho has one thread for every unit, and a pool lets their commits share an fsync)
+        self.committer = committer
         self.open: dict[tuple[str, int], _Open] = {}
         self.last_unit: str | None = None
 
@@ -138,7 +143,11 @@ class Assembler:
     def _hello(self, msg: p.Hello) -> None:
         self.metrics.telemetry.labels(self.path, "hello").inc()
         self.store.update_unit(
-            msg.unit_id, self.path, firmware_version=msg.firmware_version, chip=msg.chip, mac=msg.mac
+            msg.unit_id,
+            self.path,
+            firmware_version=msg.firmware_version,
+            chip=msg.chip,
+            mac=msg.mac,
         )
         log.info(
             "%s: unit %s says hello (firmware %s, %s, %s)",
@@ -169,21 +178,37 @@ class Assembler:
     def _begin(self, msg: p.CaptureBegin) -> None:
         key = (msg.unit_id, msg.capture_id)
         if msg.total_size > self.limits.max_capture_bytes:
-            self._refuse(msg.capture_id, p.NakReason.TOO_LARGE, "too_large",
-                         f"total_size {msg.total_size} is above {self.limits.max_capture_bytes}")
+            self._refuse(
+                msg.capture_id,
+                p.NakReason.TOO_LARGE,
+                "too_large",
+                f"total_size {msg.total_size} is above {self.limits.max_capture_bytes}",
+            )
             return
         if msg.chunk_size > self.limits.max_chunk_bytes:
-            self._refuse(msg.capture_id, p.NakReason.TOO_LARGE, "too_large",
-                         f"chunk_size {msg.chunk_size} is above {self.limits.max_chunk_bytes}")
+            self._refuse(
+                msg.capture_id,
+                p.NakReason.TOO_LARGE,
+                "too_large",
+                f"chunk_size {msg.chunk_size} is above {self.limits.max_chunk_bytes}",
+            )
             return
         if msg.chunk_count > 0xFFFF:
-            self._refuse(msg.capture_id, p.NakReason.MALFORMED, "malformed",
-                         f"{msg.chunk_count} chunks do not fit a u16 index")
+            self._refuse(
+                msg.capture_id,
+                p.NakReason.MALFORMED,
+                "malformed",
+                f"{msg.chunk_count} chunks do not fit a u16 index",
+            )
             return
         mine = sum(1 for (u, _c) in self.open if u == msg.unit_id)
         if key not in self.open and mine >= self.limits.max_open_captures:
-            self._refuse(msg.capture_id, p.NakReason.BUSY, "busy",
-                         f"{mine} captures from this unit are already incomplete")
+            self._refuse(
+                msg.capture_id,
+                p.NakReason.BUSY,
+                "busy",
+                f"{mine} captures from this unit are already incomplete",
+            )
             return
         # a BEGIN for an open capture restarts it: the unit is resending from scratch
         self.open[key] = _Open(
@@ -196,39 +221,70 @@ class Assembler:
     def _chunk(self, msg: p.CaptureChunk, topic_unit: str | None) -> None:
         key = self._find(msg.capture_id, topic_unit)
         if key is None:
-            self._refuse(msg.capture_id, p.NakReason.UNKNOWN_CAPTURE, "unknown_capture",
-                         f"chunk {msg.index} of capture {msg.capture_id} with no BEGIN")
+            self._refuse(
+                msg.capture_id,
+                p.NakReason.UNKNOWN_CAPTURE,
+                "unknown_capture",
+                f"chunk {msg.index} of capture {msg.capture_id} with no BEGIN",
+            )
             return
         o = self.open[key]
         b = o.begin
         if msg.index >= b.chunk_count:
             self.open.pop(key)
-            self._refuse(msg.capture_id, p.NakReason.MALFORMED, "malformed",
-                         f"chunk index {msg.index} beyond the {b.chunk_count} announced")
+            self._refuse(
+                msg.capture_id,
+                p.NakReason.MALFORMED,
+                "malformed",
+                f"chunk index {msg.index} beyond the {b.chunk_count} announced",
+            )
             return
         start = msg.index * b.chunk_size
         expected = min(b.chunk_size, b.total_size - start)
         if len(msg.data) != expected:
             self.open.pop(key)
-            self._refuse(msg.capture_id, p.NakReason.MALFORMED, "malformed",
-                         f"chunk {msg.index} holds {len(msg.data)} bytes, expected {expected}")
+            self._refuse(
+                msg.capture_id,
+                p.NakReason.MALFORMED,
+                "malformed",
+                f"chunk {msg.index} holds {len(msg.data)} bytes, expected {expected}",
+            )
             return
         o.data[start : start + expected] = msg.data
         o.missing.discard(msg.index)
         o.last_activity = self.monotonic()
         if not o.missing:
             self.open.pop(key)
-            self._complete(b, bytes(o.data))
+            if self.committer is None:
+                self._complete(b, bytes(o.data))
+            else:
+                self.committer.submit(self._complete, b, bytes(o.data))
 
     def _complete(self, b: p.CaptureBegin, jpeg: bytes) -> None:
+        try:
+            self._store_and_ack(b, jpeg)
+        except Exception:  # a pool thread has nobody above it to report to
+            log.exception(
+                "%s: capture %s/%d could not be completed", self.link, b.unit_id, b.capture_id
+            )
+
+    def _store_and_ack(self, b: p.CaptureBegin, jpeg: bytes) -> None:
         actual = p.crc32(jpeg)
         if actual != b.image_crc32:
-            self._refuse(b.capture_id, p.NakReason.CRC_MISMATCH, "crc_mismatch",
-                         f"image crc32 {actual:08x}, BEGIN said {b.image_crc32:08x}")
+            self._refuse(
+                b.capture_id,
+                p.NakReason.CRC_MISMATCH,
+                "crc_mismatch",
+                f"image crc32 {actual:08x}, BEGIN said {b.image_crc32:08x}",
+            )
             return
         if not p.is_jpeg(jpeg):
-            self._refuse(b.capture_id, p.NakReason.NOT_JPEG, "not_jpeg",
-                         "bytes do not start with FF D8 and end with FF D9")
+            self._refuse(
+                b.capture_id,
+                p.NakReason.NOT_JPEG,
+                "not_jpeg",
+                "bytes do not start with FF D8 and end with FF D9",
+            )
             return
         capture = Capture(
             unit_id=b.unit_id,

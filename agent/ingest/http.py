@@ -69,9 +69,7 @@ class Intake:
         return [
             Route("/api/cameras/register", self._wrap(self.register), methods=["POST"]),
             Route("/api/detections", self._wrap(self.detections), methods=["POST"]),
-            Route(
-                "/api/cameras/{device_id}/status", self._wrap(self.status), methods=["POST"]
-            ),
+            Route("/api/cameras/{device_id}/status", self._wrap(self.status), methods=["POST"]),
         ]
 
     def _wrap(self, handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
@@ -166,7 +164,9 @@ class Intake:
         except HTTPException as exc:  # starlette's wrapping of a multipart parse error
             raise IntakeError(400, "bad_multipart", f"multipart body: {exc.detail}") from None
         except (MultiPartException, ValueError, KeyError, UnicodeDecodeError) as exc:
-            raise IntakeError(400, "bad_multipart", f"multipart body does not parse: {exc}") from None
+            raise IntakeError(
+                400, "bad_multipart", f"multipart body does not parse: {exc}"
+            ) from None
         try:
             meta_part = form.get("metadata")
             if meta_part is None:

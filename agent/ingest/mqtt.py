@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import tenacity
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from agent import protocol as p
 from agent.config import IngestSection, MqttSection
@@ -49,6 +51,10 @@ class MqttIngest:
         self.prefix = f"{settings.topic_root}/{station_id}/"
         self._assemblers: dict[str, Assembler] = {}
         self._client: mqtt.Client | None = None
+        self._lock = threading.Lock()  # paho's thread assembles, ours expires: one at a time
+        # the MQTT PUBACK need not wait for the commit: the unit keeps its copy until our
+        # protocol ACK, which the pool sends after the durable commit
+        self._committer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mqtt-commit")
         self.connected = threading.Event()
 
     # --- paho wiring ----------------------------------------------------------------------------
@@ -85,6 +91,7 @@ class MqttIngest:
         if reason_code.is_failure:
             log.warning("mqtt: broker refused the connection: %s", reason_code)
             return
+        _no_delay(client)
         topics = [(self.prefix + f"+/{kind}", 1) for kind in p.MQTT_UP_TOPICS]
         client.subscribe(topics)
         self.metrics.link_up.labels("mqtt").set(1)
@@ -137,7 +144,8 @@ class MqttIngest:
             self.metrics.rejected.labels("mqtt", "wrong_topic").inc()
             log.warning("mqtt: unit %s sent %s on topic %s", unit, frame.type.name, kind)
             return
-        self._assembler(unit).handle_frame(frame, topic_unit=unit)
+        with self._lock:
+            self._assembler(unit).handle_frame(frame, topic_unit=unit)
 
     def _assembler(self, unit: str) -> Assembler:
         asm = self._assemblers.get(unit)
@@ -151,6 +159,7 @@ class MqttIngest:
                 link=f"mqtt:{unit}",
                 on_unit=(lambda u: self.on_unit(u, self)) if self.on_unit else None,
                 on_stored=self.on_stored,
+                committer=self._committer,
             )
             self._assemblers[unit] = asm
         return asm
@@ -169,6 +178,8 @@ class MqttIngest:
         client = self._make_client()
         self._client = client
         s = self.settings
+        # after the first connection paho's own network thread reconnects, with this backoff
+        client.reconnect_delay_set(min_delay=1, max_delay=int(s.reconnect_max_s))
         retry = tenacity.Retrying(
             wait=tenacity.wait_exponential_jitter(initial=1, max=s.reconnect_max_s),
             retry=tenacity.retry_if_exception_type(OSError),
@@ -178,41 +189,43 @@ class MqttIngest:
             reraise=True,
         )
         try:
-            self._connect(client, retry, first=True)
-            while not stop.is_set():
-                rc = client.loop(timeout=1.0)
-                if rc != mqtt.MQTT_ERR_SUCCESS and not stop.is_set():
-                    self.connected.clear()
-                    self.metrics.link_up.labels("mqtt").set(0)
-                    self._connect(client, retry, first=False)
-                for asm in self._assemblers.values():
-                    if asm.open:
-                        asm.expire()
+            for attempt in retry:
+                with attempt:
+                    client.connect(
+                        s.host,
+                        s.port,
+                        keepalive=s.keepalive_s,
+                        clean_start=False
+                        if s.protocol == "5"
+                        else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+                        properties=self._connect_properties(),
+                    )
         except OSError:
-            if not stop.is_set():
-                raise
+            if stop.is_set():
+                return
+            raise
+        client.loop_start()
+        try:
+            while not stop.wait(1.0):
+                if client._thread is None or not client._thread.is_alive():  # noqa: SLF001
+                    raise RuntimeError("paho network thread died")
+                with self._lock:
+                    for asm in self._assemblers.values():
+                        if asm.open:
+                            asm.expire()
         finally:
             try:
                 client.disconnect()
             except Exception:
                 pass
+            self._committer.shutdown(wait=True)  # commits in flight finish before we stop
+            self._committer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mqtt-commit")
+            for asm in self._assemblers.values():
+                asm.committer = self._committer
+            client.loop_stop()
             self._client = None
             self.connected.clear()
-
-    def _connect(self, client: mqtt.Client, retry: tenacity.Retrying, first: bool) -> None:
-        s = self.settings
-        for attempt in retry:
-            with attempt:
-                if first:
-                    client.connect(
-                        s.host,
-                        s.port,
-                        keepalive=s.keepalive_s,
-                        clean_start=False if s.protocol == "5" else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
-                        properties=self._connect_properties(),
-                    )
-                else:
-                    client.reconnect()
+            self.metrics.link_up.labels("mqtt").set(0)
 
     def _log_retry(self, state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -223,3 +236,10 @@ class MqttIngest:
                 self.settings.port,
                 exc,
             )
+
+
+def _no_delay(client: mqtt.Client) -> None:
+    """Send small frames (ACKs, the last chunk) at once instead of waiting on Nagle's ~40 ms."""
+    sock = client.socket()
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -69,8 +69,9 @@ class SerialLink:
                 ser = serial.Serial(self.port, self.baudrate, timeout=0.5, write_timeout=5)
             except (serial.SerialException, OSError) as exc:
                 if not down_logged:
-                    log.warning("%s: cannot open (%s); retrying every %.0f s", self.port, exc,
-                                self.reopen_s)
+                    log.warning(
+                        "%s: cannot open (%s); retrying every %.0f s", self.port, exc, self.reopen_s
+                    )
                     down_logged = True
                 self.metrics.link_up.labels(self.name).set(0)
                 stop.wait(self.reopen_s)

@@ -21,7 +21,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from prometheus_client import Counter, Gauge
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
 
 from agent.store import Store, StoreError
 from agent.upload import ledger
@@ -338,7 +344,7 @@ class Uploader:
         self._breaker_metric(name)
         if opened:
             log.warning(
-                "sync endpoint %s unavailable (%s); breaker open for %.0f s",
+                "sync endpoint %s unavailable (%s); breaker open for %.1f s",
                 name,
                 exc,
                 br.retry_in(),
@@ -516,8 +522,9 @@ class Uploader:
         body, content_type = encode(self.station_id, items)
         wire = len(body) + _overhead(ep.url, content_type, len(body))
         in_doubt = False
-        backoff = wait_exponential_jitter(
-            initial=s.retry_initial_s, max=s.retry_max_s, jitter=s.retry_initial_s
+        # exponential from retry_initial_s, capped at retry_max_s, plus up to one initial of jitter
+        backoff = wait_exponential(multiplier=s.retry_initial_s, max=s.retry_max_s) + wait_random(
+            0, s.retry_initial_s
         )
 
         def wait(rs: Any) -> float:

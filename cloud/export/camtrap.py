@@ -217,7 +217,7 @@ def _descriptor(
         "title": f"{options.project_title}: captures exported by fieldstation-cloud",
         "contributors": [{"title": options.contributor, "role": "publisher"}],
         "version": "1.0",
-        "licenses": [{"name": "CC0-1.0", "scope": "data"}],
+        # No "licenses": the operator chooses them (Camtrap DP then wants one for data and media).
         "project": {
             "title": options.project_title,
             "samplingDesign": options.sampling_design,

@@ -20,7 +20,7 @@ def wait_for(cond: Callable[[], object], timeout: float = 15.0, what: str = "con
 def metric(station, name: str, **labels: str) -> float:
     """Read one sample from the station's /metrics, as a scraper would."""
     text = requests.get(f"http://{station.config.http.listen}/metrics", timeout=5).text
-    want = ",".join(f"{k}=\"{v}\"" for k, v in sorted(labels.items()))
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     for line in text.splitlines():
         if line.startswith("#"):
             continue

@@ -33,7 +33,7 @@ def test_unknown_key_is_reported_with_its_line():
 
 def test_wrong_type_is_reported_with_its_line():
     with pytest.raises(ConfigError) as err:
-        parse_config("[serial]\n\nbaudrate = \"fast\"\n", "station.toml")
+        parse_config('[serial]\n\nbaudrate = "fast"\n', "station.toml")
     assert "station.toml:3: serial.baudrate: must be an integer, got a string" in str(err.value)
 
 
@@ -45,7 +45,7 @@ def test_out_of_range_is_reported():
 
 def test_every_problem_is_reported_in_one_pass():
     with pytest.raises(ConfigError) as err:
-        parse_config("[mqtt]\nport = 0\n[nope]\nx = 1\n[log]\nlevel = \"loud\"\n", "s.toml")
+        parse_config('[mqtt]\nport = 0\n[nope]\nx = 1\n[log]\nlevel = "loud"\n', "s.toml")
     text = str(err.value)
     assert "mqtt.port" in text and "unknown section [nope]" in text and "log.level" in text
     assert len(err.value.problems) == 3
@@ -58,14 +58,19 @@ def test_syntax_error_names_the_line():
 
 
 def test_sizes_accept_units():
-    config = parse_config('[storage]\nquota_bytes = "2 GiB"\n[ingest]\nmax_capture_bytes = "512 KiB"\n')
+    config = parse_config(
+        '[storage]\nquota_bytes = "2 GiB"\n[ingest]\nmax_capture_bytes = "512 KiB"\n'
+    )
     assert config.storage.quota_bytes == 2 << 30
     assert config.ingest.max_capture_bytes == 512 << 10
 
 
 def test_environment_overrides_file_and_is_checked():
-    config = parse_config("[mqtt]\nport = 1883\n", "s", {"FIELDSTATION_MQTT_PORT": "1999",
-                                                         "FIELDSTATION_MQTT_ENABLED": "yes"})
+    config = parse_config(
+        "[mqtt]\nport = 1883\n",
+        "s",
+        {"FIELDSTATION_MQTT_PORT": "1999", "FIELDSTATION_MQTT_ENABLED": "yes"},
+    )
     assert config.mqtt.port == 1999 and config.mqtt.enabled is True
     with pytest.raises(ConfigError, match=r"FIELDSTATION_SERIAL_BAUDRATE"):
         parse_config("", "s", {"FIELDSTATION_SERIAL_BAUDRATE": "nine"})
@@ -79,8 +84,9 @@ def test_example_config_is_itself_valid():
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_config_check_command_accepts_a_good_file(tmp_path: Path):

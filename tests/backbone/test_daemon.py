@@ -58,11 +58,17 @@ def test_crashed_worker_is_restarted_with_backoff_and_reported():
 def _start_daemon(tmp_path: Path, extra: str = "", env_extra: dict | None = None):
     port = free_port()
     cfg = tmp_path / "station.toml"
-    cfg.write_text(f'[station]\nid = "proc-station"\ndata_dir = "{tmp_path / "data"}"\n'
-                   f'[http]\nlisten = "127.0.0.1:{port}"\n{extra}')
+    cfg.write_text(
+        f'[station]\nid = "proc-station"\ndata_dir = "{tmp_path / "data"}"\n'
+        f'[http]\nlisten = "127.0.0.1:{port}"\n{extra}'
+    )
     env = {**os.environ, **(env_extra or {})}
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--config", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:
@@ -81,8 +87,9 @@ def test_systemd_notify_ready_watchdog_and_clean_sigterm(tmp_path):
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(sock_path))
     sock.settimeout(20)
-    proc, url, _ = _start_daemon(tmp_path, env_extra={"NOTIFY_SOCKET": str(sock_path),
-                                                      "WATCHDOG_USEC": "1000000"})
+    proc, url, _ = _start_daemon(
+        tmp_path, env_extra={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "1000000"}
+    )
     try:
         messages = []
         deadline = time.monotonic() + 20
@@ -117,8 +124,9 @@ def test_sigkill_mid_stream_loses_no_acknowledged_capture(tmp_path):
     port_path = os.ttyname(slave)
     extra = f'[serial]\nports = ["{port_path}"]\nreopen_s = 0.2\n'
     proc, url, cfg = _start_daemon(tmp_path, extra)
-    unit = VirtualUnit("cam-kill", PtySerialLink(master), chunk_size=2048, ack_timeout_s=2,
-                       max_attempts=1)
+    unit = VirtualUnit(
+        "cam-kill", PtySerialLink(master), chunk_size=2048, ack_timeout_s=2, max_attempts=1
+    )
     acked: dict[str, str] = {}
     killed = threading.Event()
 
@@ -142,8 +150,12 @@ def test_sigkill_mid_stream_loses_no_acknowledged_capture(tmp_path):
     # restart on the same buffer, then look as an operator would
     proc2, _url, cfg = _start_daemon(tmp_path, extra)
     try:
-        out = subprocess.run([sys.executable, "-m", "agent", "queue", "--json", "--config", str(cfg)],
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "agent", "queue", "--json", "--config", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["per_unit"]["cam-kill"]["count"] >= len(acked)
     finally:
@@ -151,8 +163,12 @@ def test_sigkill_mid_stream_loses_no_acknowledged_capture(tmp_path):
         proc2.wait(30)
     store = Store(tmp_path / "data" / "buffer.db")
     with store.read() as conn:
-        rows = {r["unit_ref"]: r["sha256"] for r in
-                conn.execute("SELECT unit_ref, sha256 FROM captures WHERE unit_id = 'cam-kill'")}
+        rows = {
+            r["unit_ref"]: r["sha256"]
+            for r in conn.execute(
+                "SELECT unit_ref, sha256 FROM captures WHERE unit_id = 'cam-kill'"
+            )
+        }
     missing = {ref for ref in acked if rows.get(ref) != acked[ref]}
     assert not missing, f"acknowledged but lost: {sorted(missing)}"
     for row in store.captures_in_state("received", 1000):  # and every stored one is whole
@@ -169,20 +185,39 @@ def test_status_and_queue_commands_read_the_buffer(tmp_path):
     store.add_capture(Capture("unit-b", "1", "mqtt", scene_jpeg(2, (64, 64)), time.time()))
     store.close()
     cmd = [sys.executable, "-m", "agent"]
-    q = subprocess.run([*cmd, "queue", "--data-dir", str(tmp_path)], capture_output=True,
-                       text=True, timeout=60)
+    q = subprocess.run(
+        [*cmd, "queue", "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
     assert q.returncode == 0, q.stderr
-    assert "received" in q.stdout and "unit-a" in q.stdout and "oldest pending: unit-a-1-" in q.stdout
-    s = subprocess.run([*cmd, "status", "--json", "--data-dir", str(tmp_path), "--http",
-                        f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=60)
+    assert (
+        "received" in q.stdout and "unit-a" in q.stdout and "oldest pending: unit-a-1-" in q.stdout
+    )
+    s = subprocess.run(
+        [
+            *cmd,
+            "status",
+            "--json",
+            "--data-dir",
+            str(tmp_path),
+            "--http",
+            f"127.0.0.1:{free_port()}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     doc = json.loads(s.stdout)
     assert doc["queue"]["pending"] == 2 and doc["daemon"] is None
     assert {u["unit_id"] for u in doc["units"]} == {"unit-a", "unit-b"}
 
 
 def test_demo_runs_the_whole_chain_and_ends_with_json():
-    r = subprocess.run([sys.executable, "-m", "agent", "demo", "--captures", "6", "--json"],
-                       capture_output=True, text=True, timeout=240)
+    r = subprocess.run(
+        [sys.executable, "-m", "agent", "demo", "--captures", "6", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     summary = json.loads(r.stdout[r.stdout.rindex("\n{") + 1 :])
     assert summary["captures_acknowledged"] == 6 and summary["all_stored"]

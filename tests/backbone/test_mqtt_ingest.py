@@ -16,17 +16,21 @@ from tests.conftest import station_config
 
 
 def mqtt_toml(broker, protocol="5", client_id="") -> str:
-    return (f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {broker.port}\n'
-            f'protocol = "{protocol}"\nclient_id = "{client_id}"\n')
+    return (
+        f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {broker.port}\n'
+        f'protocol = "{protocol}"\nclient_id = "{client_id}"\n'
+    )
 
 
 @pytest.mark.parametrize("version", ["5", "3.1.1"])
 def test_capture_over_mqtt_is_acked_after_commit(make_station, mosquitto, version):
     station = make_station(mqtt_toml(mosquitto, version, f"st-{version}"))
     wait_for(station.mqtt.connected.is_set, what="broker connection")
-    unit = VirtualUnit(f"cam-m{version[0]}", MqttUnitLink(mosquitto.host, mosquitto.port,
-                                                          "test-station", f"cam-m{version[0]}"),
-                       chunk_size=8192)
+    unit = VirtualUnit(
+        f"cam-m{version[0]}",
+        MqttUnitLink(mosquitto.host, mosquitto.port, "test-station", f"cam-m{version[0]}"),
+        chunk_size=8192,
+    )
     unit.hello()
     jpeg = scene_jpeg(11)
     result = unit.send_capture(jpeg)
@@ -53,14 +57,18 @@ def test_bad_frames_and_wrong_topics_are_counted_not_fatal(make_station, mosquit
     raw.publish(f"{base}/cam1/capture", hello, qos=1).wait_for_publish(5)  # wrong topic
     raw.publish(f"{base}/cam2/hello", hello, qos=1).wait_for_publish(5)  # unit mismatch
     raw.publish(f"{base}/BAD_ID/hello", hello, qos=1).wait_for_publish(5)
-    wait_for(lambda: metric(station, "fieldstation_rejected_total", path="mqtt",
-                            reason="bad_frame") == 1
-             and metric(station, "fieldstation_rejected_total", path="mqtt",
-                        reason="wrong_topic") == 1
-             and metric(station, "fieldstation_rejected_total", path="mqtt",
-                        reason="unit_mismatch") == 1
-             and metric(station, "fieldstation_rejected_total", path="mqtt",
-                        reason="bad_unit_id") == 1, what="rejections counted")
+    wait_for(
+        lambda: (
+            metric(station, "fieldstation_rejected_total", path="mqtt", reason="bad_frame") == 1
+            and metric(station, "fieldstation_rejected_total", path="mqtt", reason="wrong_topic")
+            == 1
+            and metric(station, "fieldstation_rejected_total", path="mqtt", reason="unit_mismatch")
+            == 1
+            and metric(station, "fieldstation_rejected_total", path="mqtt", reason="bad_unit_id")
+            == 1
+        ),
+        what="rejections counted",
+    )
     # the station still works afterwards
     unit = VirtualUnit("cam1", MqttUnitLink(mosquitto.host, mosquitto.port, "test-station", "cam1"))
     assert unit.send_capture(scene_jpeg(1)).acked
@@ -85,7 +93,9 @@ def test_captures_sent_while_the_station_is_down_arrive_after_restart(tmp_path, 
         wait_for(lambda: station.store.queue_summary()["pending"] == 1, what="queued capture")
         reply = link.recv(10)
         assert reply is not None and reply.message() == p.Ack(1, 0)
-        assert station.store.read_image(station.store.captures_in_state("received")[0]["id"]) == jpeg
+        assert (
+            station.store.read_image(station.store.captures_in_state("received")[0]["id"]) == jpeg
+        )
     finally:
         station.stop()
         link.close()
@@ -96,8 +106,11 @@ def test_station_reconnects_after_the_broker_restarts(tmp_path):
 
     broker = PrivateBroker(persistence=True).start()
     port = broker.port
-    station = Station(station_config(tmp_path, mqtt_toml(broker, client_id="st-reconnect") +
-                                     "reconnect_max_s = 1\n"))
+    station = Station(
+        station_config(
+            tmp_path, mqtt_toml(broker, client_id="st-reconnect") + "reconnect_max_s = 1\n"
+        )
+    )
     station.start()
     try:
         wait_for(station.mqtt.connected.is_set, what="connection")

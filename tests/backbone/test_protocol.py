@@ -84,13 +84,25 @@ def test_newer_version_is_not_misread():
 # --- hostile bytes ------------------------------------------------------------------------------
 
 messages = st.one_of(
-    st.builds(p.Telemetry, st.just("u1"), st.integers(0, 65535), st.integers(-32768, 32767),
-              st.integers(-128, 127), st.integers(0, 2**32 - 1), st.integers(0, 65535)),
+    st.builds(
+        p.Telemetry,
+        st.just("u1"),
+        st.integers(0, 65535),
+        st.integers(-32768, 32767),
+        st.integers(-128, 127),
+        st.integers(0, 2**32 - 1),
+        st.integers(0, 65535),
+    ),
     st.builds(p.Ack, st.integers(0, 2**32 - 1), st.integers(0, 1)),
-    st.builds(p.CaptureChunk, st.integers(0, 2**32 - 1), st.integers(0, 65535),
-              st.binary(min_size=1, max_size=300)),
-    st.builds(p.Nak, st.integers(0, 2**32 - 1), st.sampled_from(list(p.NakReason)),
-              st.text(max_size=40)),
+    st.builds(
+        p.CaptureChunk,
+        st.integers(0, 2**32 - 1),
+        st.integers(0, 65535),
+        st.binary(min_size=1, max_size=300),
+    ),
+    st.builds(
+        p.Nak, st.integers(0, 2**32 - 1), st.sampled_from(list(p.NakReason)), st.text(max_size=40)
+    ),
 )
 
 
@@ -106,8 +118,10 @@ def test_random_noise_never_crashes_and_yields_only_valid_frames(noise: bytes):
             pass
 
 
-@given(st.lists(messages, min_size=1, max_size=5), st.lists(st.binary(max_size=50), min_size=6,
-                                                             max_size=6))
+@given(
+    st.lists(messages, min_size=1, max_size=5),
+    st.lists(st.binary(max_size=50), min_size=6, max_size=6),
+)
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 def test_frames_between_noise_are_all_recovered(msgs, noises):
     stream = b""

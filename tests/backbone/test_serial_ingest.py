@@ -16,8 +16,9 @@ from tests.backbone.helpers import metric, wait_for
 @pytest.fixture
 def serial_station(make_station, pty_pair):
     master, slave_path = pty_pair
-    station = make_station(f'[serial]\nports = ["{slave_path}"]\nreopen_s = 0.2\n'
-                           "[ingest]\ncapture_timeout_s = 1\n")
+    station = make_station(
+        f'[serial]\nports = ["{slave_path}"]\nreopen_s = 0.2\n[ingest]\ncapture_timeout_s = 1\n'
+    )
     wait_for(lambda: station.serial_links[0]._serial is not None, what="port open")
     unit = VirtualUnit("cam-serial", PtySerialLink(master), chunk_size=1024, ack_timeout_s=5)
     unit.hello()
@@ -39,8 +40,13 @@ def test_capture_is_acked_and_stored_with_its_bytes(serial_station):
 def test_hello_and_telemetry_reach_the_unit_record(serial_station):
     station, unit = serial_station
     unit.telemetry(battery_mv=3711, temperature_c=-4.25, rssi_dbm=0)
-    wait_for(lambda: (station.store.units() or [None])[0] is not None
-             and station.store.units()[0]["battery_mv"] == 3711, what="telemetry")
+    wait_for(
+        lambda: (
+            (station.store.units() or [None])[0] is not None
+            and station.store.units()[0]["battery_mv"] == 3711
+        ),
+        what="telemetry",
+    )
     u = station.store.units()[0]
     assert u["chip"] == "esp32s3" and u["mac"] == unit.mac and u["temperature_c"] == -4.25
     assert u["config"] is not None
@@ -58,10 +64,19 @@ def test_retransmit_after_lost_ack_is_stored_once(serial_station):
 
 def test_line_noise_between_frames_is_skipped_and_counted(serial_station):
     station, unit = serial_station
-    os.write(unit.link.fd, b"ets Jun  8 2016 00:22:57\r\nrst:0x1 (POWERON_RESET)\xa5\x5a\x09garbage")
+    os.write(
+        unit.link.fd, b"ets Jun  8 2016 00:22:57\r\nrst:0x1 (POWERON_RESET)\xa5\x5a\x09garbage"
+    )
     assert unit.send_capture(scene_jpeg(1)).acked
-    wait_for(lambda: metric(station, "fieldstation_serial_noise_bytes_total",
-                            port=station.serial_links[0].port) > 20, what="noise counted")
+    wait_for(
+        lambda: (
+            metric(
+                station, "fieldstation_serial_noise_bytes_total", port=station.serial_links[0].port
+            )
+            > 20
+        ),
+        what="noise counted",
+    )
 
 
 def test_wrong_image_checksum_gets_a_nak_and_nothing_is_stored(serial_station):

@@ -13,8 +13,7 @@ from agent.store import MIGRATIONS, Store, StoreError
 
 
 def cap(unit="u1", ref="1", jpeg=None, at=None) -> Capture:
-    return Capture(unit, ref, "serial", jpeg or scene_jpeg(int(ref), (160, 120)),
-                   at or time.time())
+    return Capture(unit, ref, "serial", jpeg or scene_jpeg(int(ref), (160, 120)), at or time.time())
 
 
 def test_wal_and_full_sync_and_schema_version(tmp_path):
@@ -59,8 +58,16 @@ def test_eviction_order_uploaded_then_empty_oldest_first(tmp_path):
     store = Store(tmp_path / "b.db", quota_bytes=1 << 30)
     now = time.time()
     ids = {}
-    for i, (state, empty) in enumerate([("analysed", 1), ("uploaded", None), ("analysed", 0),
-                                        ("uploaded", None), ("received", None), ("analysed", 1)]):
+    for i, (state, empty) in enumerate(
+        [
+            ("analysed", 1),
+            ("uploaded", None),
+            ("analysed", 0),
+            ("uploaded", None),
+            ("received", None),
+            ("analysed", 1),
+        ]
+    ):
         ids[i] = store.add_capture(cap(ref=str(i), at=now + i)).capture_id
         _set(store, ids[i], state, empty)
     per = store.image_bytes() // 6

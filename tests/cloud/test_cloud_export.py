@@ -117,7 +117,7 @@ def test_camtrap_dp_since_filters_and_images_are_copied(stored, tmp_path):
 def test_megadetector_export(stored, tmp_path):
     out = tmp_path / "md" / "results.json"
     printed = run_cli("export", "megadetector", str(out), "--images", data_dir=stored.config.server.data_dir)
-    assert printed.strip() == f"wrote {out}: 5 images, 2 detections"
+    assert printed.strip() == f"wrote {out}: 5 images, 3 detections"
     document = json.loads(out.read_text())
     assert document["info"]["format_version"] == "1.4"
     assert document["detection_categories"] == {"1": "animal", "2": "person", "3": "vehicle"}

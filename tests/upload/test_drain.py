@@ -7,7 +7,9 @@ from upload_helpers import add_captures, assert_consistent, wait_for
 
 def test_backlog_reaches_primary_cloud_once(new_station, links):
     station = new_station(primary="azure")
-    ids = add_captures(station.store, 30, kinds=["person", "animal", "vehicle", "empty", "received"])
+    ids = add_captures(
+        station.store, 30, kinds=["person", "animal", "vehicle", "empty", "received"]
+    )
     station.start()
     wait_for(lambda: station.pending_or_doubt() == 0, what="backlog drained")
     station.stop()

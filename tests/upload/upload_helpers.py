@@ -146,7 +146,7 @@ def upload_toml(
         "empty_policy": "full",
         **upload,
     }
-    lines = [f'[station]\nid = "{station_id}"\n', "[upload]"]
+    lines = [f'[station]\nid = "{station_id}"\n', "[inference]\nenabled = false\n", "[upload]"]
     for k, v in settings.items():
         if isinstance(v, bool):
             v = "true" if v else "false"
