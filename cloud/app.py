@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import cloud
 from cloud.api import captures, health, models, stations
@@ -71,18 +72,35 @@ def create_app(config: CloudConfig, service: Service | None = None) -> FastAPI:
             headers={"Retry-After": "5"},
         )
 
-    @app.middleware("http")
-    async def count_requests(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        # The route template, not the raw path, keeps label cardinality bounded.
-        name = getattr(route, "path", "unmatched")
-        metrics = request.app.state.service.metrics
-        metrics.requests.labels(name, str(response.status_code)).inc()
-        metrics.latency.labels(name).observe(time.perf_counter() - start)
-        return response
-
+    app.add_middleware(RequestMetrics)
     return app
+
+
+class RequestMetrics:
+    """Counts requests by route template and status, and times them (plain ASGI middleware:
+    Starlette's BaseHTTPMiddleware would re-wrap every body chunk of large uploads)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            # The route template, not the raw path, keeps label cardinality bounded.
+            route = getattr(scope.get("route"), "path", "unmatched")
+            metrics = scope["app"].state.service.metrics
+            metrics.requests.labels(route, str(status)).inc()
+            metrics.latency.labels(route).observe(time.perf_counter() - start)

@@ -113,12 +113,12 @@ def _load_build_dir(build: Path) -> Firmware:
             raise FlashError(f"{args_file} lists {rel}, which is missing")
         parts.append((int(offset_text, 0), f.read_bytes(), rel))
     chip = str(args.get("extra_esptool_args", {}).get("chip", ""))
-    # the images themselves say which chip they are for; the json can be hand-edited
+    # the images themselves say which chip they are for; the json can be hand-edited. The
+    # bootloader and the factory app must be ESP images; data parts (otadata, fat) are not checked.
     image_chips = {
         image_chip(data, name)
         for off, data, name in parts
-        if off in SUPPORTED.values() or name.endswith(("bootloader.bin",)) or off >= 0x10000
-        if data[:1] == bytes([ESP_IMAGE_MAGIC])
+        if "bootloader" in name or off in SUPPORTED.values() or off == 0x10000
     }
     if not image_chips:
         raise FlashError(f"{build}: no bootloader or app image with an ESP header")

@@ -107,3 +107,23 @@ def test_iou_of_disjoint_identical_and_half_overlapping_boxes():
 def test_blazeface_anchor_counts_match_mediapipe():
     assert len(ssd_anchors(128, 128, [8, 16, 16, 16])) == 896
     assert len(ssd_anchors(192, 192, [4], interpolated_scale_aspect_ratio=0.0)) == 2304
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8, np.int8])
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("bgr", [False, True])
+def test_normalisation_matches_the_card_formula_and_the_tensor_quantisation(dtype, per_channel, bgr):
+    from agent.inference.image import Normaliser
+
+    mean = np.array([123.7, 116.3, 103.5] if per_channel else [127.5] * 3, np.float32)
+    std = np.array([58.4, 57.1, 57.4] if per_channel else [127.5] * 3, np.float32)
+    quant = {np.float32: (0.0, 0), np.uint8: (1 / 64, 128), np.int8: (1 / 64, 0)}[dtype]
+    pixels = np.random.default_rng(3).integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    got = Normaliser(dtype=np.dtype(dtype), mean=mean, std=std, quantisation=quant, bgr=bgr)(pixels)
+    src = pixels[..., ::-1] if bgr else pixels
+    real = (src.astype(np.float64) - mean) / std
+    if dtype is not np.float32:
+        info = np.iinfo(dtype)
+        real = np.clip(np.rint(real / quant[0] + quant[1]), info.min, info.max)
+    assert got.shape == (1, 7, 5, 3) and got.dtype == dtype
+    assert np.allclose(got[0], real, atol=1e-5 if dtype is np.float32 else 1)

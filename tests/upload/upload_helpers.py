@@ -55,12 +55,16 @@ class Cloud:
     def lookup(self, token: str, ids: list[str]) -> dict[str, dict[str, str]]:
         held: dict[str, dict[str, str]] = {}
         for i in range(0, len(ids), 1000):
-            r = requests.post(
-                self.direct_url + "/v1/captures/lookup",
-                json={"capture_ids": ids[i : i + 1000]},
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=30,
-            )
+            for _ in range(20):  # a rate-limited test cloud answers 429 to the test too
+                r = requests.post(
+                    self.direct_url + "/v1/captures/lookup",
+                    json={"capture_ids": ids[i : i + 1000]},
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=30,
+                )
+                if r.status_code != 429:
+                    break
+                time.sleep(float(r.headers.get("Retry-After", "1")))
             r.raise_for_status()
             held.update(r.json()["held"])
         return held
