@@ -5,7 +5,8 @@ to `fieldstation-cloud serve` and, in the same run, to a bare ASGI app under the
 settings that only reads the same request bodies. Printed ratios are cloud / bare.
 Backends: SQLite + local filesystem (the default, fsync on) and PostgreSQL + moto S3.
 
-    python bench/bench_cloud.py [--clients 4] [--batches 25] [--batch-size 10] [--backends sqlite,postgres]
+    python bench/bench_cloud.py [--clients 4] [--batches 25] [--batch-size 10]
+                                [--backends sqlite,sqlite-nofsync,postgres]
 """
 
 from __future__ import annotations
@@ -200,6 +201,8 @@ def moto_subprocess() -> Any:
 def backend_env(name: str, stack: ExitStack) -> dict[str, str]:
     """FIELDSTATION_CLOUD_* variables for one backend (starting PostgreSQL and moto if needed)."""
     env = {"FIELDSTATION_CLOUD_SERVER_LOG_LEVEL": "warning", "FIELDSTATION_CLOUD_LIMITS_RATE_LIMIT_PER_MINUTE": "0"}
+    if name == "sqlite-nofsync":
+        env["FIELDSTATION_CLOUD_STORAGE_FSYNC"] = "false"
     if name == "postgres":
         from cloud_services import postgres_server
 
@@ -222,7 +225,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--batches", type=int, default=25, help="batches per client")
     parser.add_argument("--batch-size", type=int, default=10, help="captures per batch")
-    parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument(
+        "--backends", default="sqlite,postgres", help="comma list of sqlite, sqlite-nofsync, postgres"
+    )
     args = parser.parse_args()
     stations = [f"bench-{i}" for i in range(args.clients)]
     print(
@@ -244,7 +249,11 @@ def main() -> None:
             tokens = [service.add_station(s) for s in stations]
             run_clients(service.url, tokens, warm)
             measured = run_clients(service.url, tokens, work)
-        label = {"sqlite": "cloud: SQLite + local FS (fsync)", "postgres": "cloud: PostgreSQL + moto S3"}[name]
+        label = {
+            "sqlite": "cloud: SQLite + local FS (fsync)",
+            "sqlite-nofsync": "cloud: SQLite + local FS (no fsync)",
+            "postgres": "cloud: PostgreSQL + moto S3",
+        }[name]
         print(_line(label, measured, bare))
 
 

@@ -74,7 +74,9 @@ def bench_model(package, jpeg: bytes, repeat: int) -> dict[str, float]:
     tensor, _ = package.preprocess(Image.new("RGB", size))
     for _ in range(3):
         pipeline.analyse(jpeg)  # warm-up: XNNPACK packs weights on the first invoke
-    stages: dict[str, list[float]] = {s: [] for s in ("decode", "preprocess", "invoke", "postprocess")}
+    stages: dict[str, list[float]] = {
+        s: [] for s in ("decode", "preprocess", "invoke", "postprocess")
+    }
     totals, raw_decode, raw_invoke = [], [], []
     for _ in range(repeat):
         t0 = time.perf_counter()

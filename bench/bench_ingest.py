@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent import protocol as p  # noqa: E402
 from agent.broker import PrivateBroker, free_port  # noqa: E402
-from agent.esp32.virtual import MqttUnitLink, PtySerialLink  # noqa: E402
+from agent.esp32.virtual import PtySerialLink  # noqa: E402
 from agent.scenes import scene_jpeg  # noqa: E402
 
 PAYLOAD = 50 * 1024
@@ -121,26 +121,82 @@ def start_station(folder: Path, broker: PrivateBroker, ports: list[str]) -> tupl
     raise RuntimeError("station did not start")
 
 
-def drive(links: list, blobs: list[bytes], chunk: int = 16384) -> float:
-    """Each unit sends its share stop-and-wait; returns acknowledged captures per second."""
-    share = [blobs[i :: len(links)] for i in range(len(links))]
-    acked = [0] * len(links)
+def encode_captures(unit_id: str, blobs: list[bytes], chunk: int = 16384) -> list[list[bytes]]:
+    """Every capture's frames, encoded before the clock starts: the unit's CPU is not measured."""
+    return [
+        [p.encode_frame(m, n) for m in p.chunk_capture(unit_id, n, jpeg, chunk, 1)]
+        for n, jpeg in enumerate(blobs, start=1)
+    ]
+
+
+def drive_mqtt(broker: PrivateBroker, units: int, blobs: list[bytes]) -> float:
+    """N units over one client, each stop-and-wait as the firmware is: next capture after ACK."""
+    ids = [f"bench-m{i}" for i in range(units)]
+    frames = {u: encode_captures(u, blobs[i::units]) for i, u in enumerate(ids)}
+    nxt = dict.fromkeys(ids, 0)
+    done = threading.Event()
+    acked = [0]
+    lock = threading.Lock()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-units")
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+
+    def send(u: str) -> None:
+        for f in frames[u][nxt[u]]:
+            client.publish(f"wildcam/bench/{u}/capture", f, qos=1)
+
+    def on_message(c, userdata, msg):  # noqa: ANN001
+        u = msg.topic.split("/")[2]
+        if not isinstance(p.decode_frame(msg.payload).message(), p.Ack):
+            raise RuntimeError(f"station answered {p.decode_frame(msg.payload).message()}")
+        with lock:
+            acked[0] += 1
+            nxt[u] += 1
+            if acked[0] == len(blobs):
+                done.set()
+            more = nxt[u] < len(frames[u])
+        if more:
+            send(u)
+
+    subscribed = threading.Event()
+    client.on_message = on_message
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    client.subscribe("wildcam/bench/+/ack", qos=1)
+    subscribed.wait(10)
+    from agent.ingest.mqtt import _no_delay
+
+    _no_delay(client)
+    t0 = time.perf_counter()
+    for u in ids:
+        send(u)
+    if not done.wait(300):
+        raise RuntimeError(f"only {acked[0]} of {len(blobs)} captures acknowledged")
+    dt = time.perf_counter() - t0
+    client.loop_stop()
+    return acked[0] / dt
+
+
+def drive_serial(masters: list[int], blobs: list[bytes]) -> float:
+    """One unit per pty, stop-and-wait."""
+    n = len(masters)
+    acked = [0] * n
 
     def unit(i: int) -> None:
-        link = links[i]
-        for n, jpeg in enumerate(share[i], start=1):
-            for m in p.chunk_capture(link.unit_id, n, jpeg, chunk, 1):
-                link.send(p.encode_frame(m, n), "capture")
+        link = PtySerialLink(masters[i])
+        for k, capture in enumerate(encode_captures(f"bench-s{i}", blobs[i::n]), start=1):
+            link.send(b"".join(capture), "capture")
             while True:
                 f = link.recv(30)
                 if f is None:
                     raise RuntimeError("no ACK within 30 s")
                 msg = f.message()
-                if isinstance(msg, p.Ack) and msg.capture_id == n:
+                if isinstance(msg, p.Ack) and msg.capture_id == k:
                     acked[i] += 1
                     break
 
-    threads = [threading.Thread(target=unit, args=(i,)) for i in range(len(links))]
+    threads = [threading.Thread(target=unit, args=(i,)) for i in range(n)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -177,11 +233,6 @@ def main() -> None:
             idle_cpu = sum(ps.cpu_times()[:2]) - cpu0
             results["idle_cpu_s_per_min"] = idle_cpu * 60 / args.idle_seconds
 
-            mlinks = []
-            for i in range(args.units):
-                link = MqttUnitLink(broker.host, broker.port, "bench", f"bench-m{i}")
-                link.unit_id = f"bench-m{i}"
-                mlinks.append(link)
             peak = [0.0]
             stop = threading.Event()
 
@@ -191,17 +242,15 @@ def main() -> None:
 
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
-            results["station_mqtt_per_s"] = drive(mlinks, blobs)
-            slinks = []
-            for i, (master, _slave, _path) in enumerate(ptys):
-                link = PtySerialLink(master)
-                link.unit_id = f"bench-s{i}"
-                slinks.append(link)
-            results["station_serial_per_s"] = drive(slinks, blobs)
+            cpu0 = sum(ps.cpu_times()[:2])
+            results["station_mqtt_per_s"] = drive_mqtt(broker, args.units, blobs)
+            cpu1 = sum(ps.cpu_times()[:2])
+            results["station_serial_per_s"] = drive_serial([x[0] for x in ptys], blobs)
+            cpu2 = sum(ps.cpu_times()[:2])
+            results["cpu_ms_per_capture_mqtt"] = (cpu1 - cpu0) * 1000 / len(blobs)
+            results["cpu_ms_per_capture_serial"] = (cpu2 - cpu1) * 1000 / len(blobs)
             stop.set()
             results["rss_load_peak_mib"] = peak[0]
-            for link in mlinks:
-                link.close()
         finally:
             proc.terminate()
             proc.wait(30)

@@ -46,7 +46,7 @@ class _Pending:
 
 def image_key(station_id: str, capture_id: str, variant: str, image_sha256: str) -> str:
     """Object key of one image variant; the digest keeps different bytes under different keys."""
-    return f"captures/{station_id}/{capture_id}/{variant}-{image_sha256[:16]}.jpg"
+    return f"captures/{station_id}/{capture_id}.{variant}-{image_sha256[:16]}.jpg"
 
 
 def _result(capture_id: str | None, status: str, reason: str | None = None) -> dict[str, Any]:

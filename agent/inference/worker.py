@@ -21,6 +21,7 @@ from agent.inference.package import Detection, PackageError, load_package
 from agent.inference.pipeline import STAGES, Analysis, Pipeline
 from agent.inference.privacy import blur_jpeg, private_boxes, upload_variant
 from agent.inference.settings import InferenceSection, models_dir, resolve_package
+from agent.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ class InferenceWorker:
     def _skip(self, capture_id: str, reason: str) -> None:
         try:
             results.save_skipped(self.store, capture_id, reason)
-        except Exception as exc:  # a state race: someone else moved it
+        except StoreError as exc:  # a state race: someone else moved it
             log.warning("capture %s: not passed on: %s", capture_id, exc)
             return
         self.counts["skipped"] += 1
@@ -233,9 +234,13 @@ class InferenceWorker:
             self._fail(capture_id, f"inference error: {type(exc).__name__}: {exc}")
             return None
         t0 = time.perf_counter()
-        results.save_analysis(
-            self.store, capture_id, analysis, upload_variant=variant, blurred=blurred
-        )
+        try:
+            results.save_analysis(
+                self.store, capture_id, analysis, upload_variant=variant, blurred=blurred
+            )
+        except StoreError as exc:  # moved on meanwhile (evicted, failed by hand): nothing to save
+            log.warning("capture %s: analysis not stored: %s", capture_id, exc)
+            return None
         analysis.timings["store"] = time.perf_counter() - t0
         self._count(analysis)
         if self.on_result is not None:

@@ -11,7 +11,7 @@ import json
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,19 +123,24 @@ class Database:
 
         conn = self._connection()
         try:
-            cur = conn.cursor()
-            try:
-                yield _Cursor(cur, self._sql)
-                conn.commit()
-            except BaseException:
-                conn.rollback()
-                raise
-            finally:
-                cur.close()
+            with self.serialized():
+                cur = conn.cursor()
+                try:
+                    yield _Cursor(cur, self._sql)
+                    conn.commit()
+                except BaseException:
+                    conn.rollback()
+                    raise
+                finally:
+                    cur.close()
         except self.unavailable_errors as exc:
             # Drop the broken connection so the next call reconnects.
             self._local.conn = None
             raise BackendUnavailable(f"{self.describe()}: {exc}") from exc
+
+    def serialized(self) -> AbstractContextManager[Any]:
+        """Held around each transaction; backends whose writers block each other serialize here."""
+        return nullcontext()
 
     def close(self) -> None:
         with self._lock:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,13 @@ class SQLiteDatabase(Database):
     def __init__(self, path: str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._one_at_a_time = threading.Lock()
         super().__init__()
+
+    def serialized(self) -> AbstractContextManager[Any]:
+        # One writer at a time in this process: SQLite's own busy handler would make concurrent
+        # uploads sleep in growing steps (up to 100 ms) instead of queueing fairly.
+        return self._one_at_a_time
 
     def connect(self) -> Any:
         conn = sqlite3.connect(self.path, timeout=15.0, check_same_thread=False)

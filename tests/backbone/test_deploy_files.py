@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.config import load_config
 from agent.cli import build_parser
+from agent.config import load_config
 
 ROOT = Path(__file__).parents[2]
 

@@ -59,12 +59,18 @@ def blazeface_installed() -> None:
         )
 
 
-def blob_scene(width: int, height: int, boxes: list[tuple[float, float, float, float]],
-               colour: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+def blob_scene(
+    width: int,
+    height: int,
+    boxes: list[tuple[float, float, float, float]],
+    colour: tuple[int, int, int] = (255, 255, 255),
+) -> np.ndarray:
     """A black frame with filled rectangles at normalised (x, y, w, h) boxes."""
     a = np.zeros((height, width, 3), np.uint8)
     for x, y, w, h in boxes:
-        a[round(y * height) : round((y + h) * height), round(x * width) : round((x + w) * width)] = colour
+        a[
+            round(y * height) : round((y + h) * height), round(x * width) : round((x + w) * width)
+        ] = colour
     return a
 
 

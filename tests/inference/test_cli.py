@@ -84,8 +84,9 @@ def test_models_list_shows_versions_active_and_broken_packages(tmp_path, capsys)
 def test_inference_section_is_validated_with_its_line():
     with pytest.raises(ConfigError) as info:
         parse_config('[inference]\nthreads = 2\nperson_policy = "publish"\n', "station.toml")
-    assert "station.toml:3: inference.person_policy: 'publish' is not one of blur, drop, keep" in str(
-        info.value
+    assert (
+        "station.toml:3: inference.person_policy: 'publish' is not one of blur, drop, keep"
+        in str(info.value)
     )
 
 

@@ -112,7 +112,9 @@ def test_blazeface_anchor_counts_match_mediapipe():
 @pytest.mark.parametrize("dtype", [np.float32, np.uint8, np.int8])
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("bgr", [False, True])
-def test_normalisation_matches_the_card_formula_and_the_tensor_quantisation(dtype, per_channel, bgr):
+def test_normalisation_matches_the_card_formula_and_the_tensor_quantisation(
+    dtype, per_channel, bgr
+):
     from agent.inference.image import Normaliser
 
     mean = np.array([123.7, 116.3, 103.5] if per_channel else [127.5] * 3, np.float32)

@@ -19,6 +19,7 @@ CARD = json.loads((FIXTURES / "blob-yolo-nc" / "model.json").read_text())
 
 
 @given(st.binary(max_size=2048))
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_arbitrary_bytes_give_an_image_error_or_an_image(data):
     try:
         image, size = decode_jpeg(data)
@@ -29,6 +30,7 @@ def test_arbitrary_bytes_give_an_image_error_or_an_image(data):
 
 
 @given(st.binary(max_size=512))
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_bytes_after_a_jpeg_start_never_escape_as_another_error(tail):
     try:
         decode_jpeg(b"\xff\xd8" + tail)
@@ -37,6 +39,7 @@ def test_bytes_after_a_jpeg_start_never_escape_as_another_error(tail):
 
 
 @given(st.integers(0, 65535), st.integers(0, 65535))
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_the_frame_header_size_is_read_exactly_and_limits_hold(width, height):
     data = bytearray(SMALL)
     data[SOF + 5 : SOF + 7] = height.to_bytes(2, "big")
@@ -45,12 +48,13 @@ def test_the_frame_header_size_is_read_exactly_and_limits_hold(width, height):
     try:
         open_jpeg(bytes(data), max_pixels=1_000_000, min_side=16)
     except ImageError:
-        assert width * height > 1_000_000 or min(width, height) < 16 or (width, height) != (64, 48)
+        assert width * height > 1_000_000 or min(width, height) < 16
     else:
-        assert 16 <= min(width, height) and width * height <= 1_000_000
+        assert min(width, height) >= 16 and width * height <= 1_000_000
 
 
 @given(st.integers(1, len(SMALL) - 1))
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_any_truncation_of_a_jpeg_is_an_image_error(cut):
     try:
         decode_jpeg(SMALL[:cut])
@@ -62,13 +66,15 @@ def test_any_truncation_of_a_jpeg_is_an_image_error(cut):
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
 
 @given(st.dictionaries(st.sampled_from(sorted(CARD)), json_values, max_size=6))
-@settings(suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_a_card_with_any_fields_replaced_parses_or_names_its_problems(changes):
     card = {**CARD, **changes}
     try:
@@ -80,6 +86,7 @@ def test_a_card_with_any_fields_replaced_parses_or_names_its_problems(changes):
 
 
 @given(st.binary(max_size=300) | st.text(max_size=300))
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_arbitrary_card_text_is_refused_with_a_package_error(text):
     try:
         parse_card(text, "prop")

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from agent.inference.package import PackageError
+from agent.inference.privacy import BLUR_MARGIN
 from agent.inference.worker import InferenceWorker
 
 from .conftest import (
@@ -104,7 +105,8 @@ def test_blur_policy_blurs_the_face_and_nothing_else(face_worker, store, photos)
     x1, y1 = int((det["x"] + det["w"]) * w), int((det["y"] + det["h"]) * h)
     inside = np.abs(before[y0:y1, x0:x1] - after[y0:y1, x0:x1]).mean()
     # outside: everything at least 16 px (two JPEG blocks) beyond the blurred margin
-    mx, my = int(det["w"] * w * 0.15) + 16, int(det["h"] * h * 0.15) + 16
+    mx = int(det["w"] * w * BLUR_MARGIN) + 16
+    my = int(det["h"] * h * BLUR_MARGIN) + 16
     mask = np.ones((h, w), bool)
     mask[max(0, y0 - my) : y1 + my, max(0, x0 - mx) : x1 + mx] = False
     outside = np.abs(before[mask] - after[mask]).mean()
@@ -229,9 +231,7 @@ def test_the_20000_pixel_header_is_refused_before_decoding(tmp_path):
 # --- bad packages --------------------------------------------------------------------------------
 
 
-def test_a_bad_package_is_never_activated_and_the_previous_keeps_running(
-    tmp_path, store, metrics
-):
+def test_a_bad_package_is_never_activated_and_the_previous_keeps_running(tmp_path, store, metrics):
     installed = tmp_path / "models"
     installed.mkdir()
     pkg = copy_package("blob-yolo-nc", installed)
@@ -305,3 +305,15 @@ def _maybe(ids, cid, done):
     ids.append(cid)
     if len(ids) == 3:
         done.set()
+
+
+def test_a_capture_moved_on_during_analysis_is_left_alone(tmp_path, store, metrics):
+    worker = make_worker(tmp_path, store, metrics, detector=str(MODELS / "fixtures" / "blob-ssd"))
+    worker._reload_if_changed()
+    cid = add_capture(store, jpeg_bytes(blob_scene(64, 64, [(0, 0, 0.25, 0.25)])))
+    worker.on_result = lambda *_: pytest.fail("no result for a capture that was not stored")
+    store.mark_failed(cid, "failed by an operator")
+    assert worker.process(cid) is None
+    row = capture_row(store, cid)
+    assert (row["state"], row["error"]) == ("failed", "failed by an operator")
+    assert detections(store, cid) == []
