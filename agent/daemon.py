@@ -63,6 +63,7 @@ class Station:
         self.started_at = time.time()
         self._unit_links: dict[str, Any] = {}
         self._stored_hooks: list[Callable[[str, str, bool], None]] = []
+        self._analysed_hooks: list[Callable[[str, list], None]] = []
         self.serial_links: list[SerialLink] = []
         self.mqtt: MqttIngest | None = None
         self._build_workers()
@@ -112,6 +113,14 @@ class Station:
         if c.http.lan_listen:
             self.supervisor.add(HttpListener("http-lan", intake_app(intake), c.http.lan_listen))
         self.supervisor.add(Maintenance(self.store, c.storage.evict_interval_s))
+        self.inference = None
+        if c.inference.enabled:
+            from agent.inference.worker import InferenceWorker
+
+            self.inference = InferenceWorker(
+                self.store, c, self.metrics, on_result=self._analysed
+            )
+            self.supervisor.add(self.inference)
 
     def _intake_token(self) -> str:
         h = self.config.http
@@ -133,6 +142,17 @@ class Station:
                 hook(unit_id, capture_id, duplicate)
             except Exception:
                 log.exception("capture hook failed")
+
+    def on_analysed(self, hook: Callable[[str, list], None]) -> None:
+        """Call `hook(capture_id, detections)` after each capture's analysis was committed."""
+        self._analysed_hooks.append(hook)
+
+    def _analysed(self, capture_id: str, detections: list) -> None:
+        for hook in self._analysed_hooks:
+            try:
+                hook(capture_id, detections)
+            except Exception:
+                log.exception("analysis hook failed")
 
     def _unit_seen(self, unit_id: str, link: Any) -> None:
         self._unit_links[unit_id] = link
@@ -178,6 +198,7 @@ class Station:
                 **({"mqtt": self.mqtt.connected.is_set()} if self.mqtt else {}),
             },
             "queue": self.store.queue_summary(),
+            "inference": self.inference.status() if self.inference else None,
             "alarms": self.store.alarms(),
             "units": [dict(u) for u in self.store.units()],
         }

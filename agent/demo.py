@@ -7,6 +7,7 @@ HTTP intake; the station stores each durably before acknowledging it. Live progr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -26,6 +27,8 @@ from agent.esp32.virtual import MqttUnitLink, PtySerialLink, VirtualUnit
 from agent.scenes import scene_jpeg
 
 STATION_ID = "demo-station"
+# a tiny detector trained for agent/scenes.py frames (models/make_fixtures.py), shipped in the repo
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "models" / "fixtures" / "scene-animal"
 
 
 class _Progress:
@@ -65,6 +68,11 @@ def run_demo(captures: int = 12, as_json: bool = False, keep: bool = False) -> i
             broker = None
     serial_link = PtySerialLink()
     http_port = free_port()
+    detector = DEMO_MODEL if DEMO_MODEL.exists() else None
+    inference_toml = (
+        f'[inference]\ndetector = "{detector}"\nthreads = 1\n' if detector else
+        "[inference]\nenabled = false\n"
+    )
     mqtt_toml = (
         f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {broker.port}\n' if broker else ""
     )
@@ -83,6 +91,7 @@ listen = "127.0.0.1:{http_port}"
 
 [storage]
 check_on_start = false
+{inference_toml}
 {mqtt_toml}""",
         "<demo>",
     )
@@ -92,7 +101,19 @@ check_on_start = false
     mqtt_line = f"private mosquitto on 127.0.0.1:{broker.port}" if broker else "off (no mosquitto)"
     say(f"  mqtt          {mqtt_line}")
     say(f"  http intake   http://127.0.0.1:{http_port}/api/detections")
+    say(f"  inference     {detector.name + ' (LiteRT)' if detector else 'off (model folder not found)'}")
     station = Station(config)
+    analysed: dict[str, list] = {}
+    analysed_event = threading.Condition()
+
+    def on_analysed(capture_id: str, detections: list) -> None:
+        with analysed_event:
+            analysed[capture_id] = detections
+            analysed_event.notify_all()
+        found = ", ".join(f"{d.label} {d.score:.2f}" for d in detections) or "empty frame"
+        say(f"        analysed {capture_id}: {found}")
+
+    station.on_analysed(on_analysed)
     station.start()
     units: dict[str, VirtualUnit] = {}
     results: list[dict[str, Any]] = []
@@ -150,11 +171,18 @@ check_on_start = false
                 res = unit.send_capture(jpeg)
                 ok = res.acked
                 outcome = ("duplicate" if res.duplicate else "acked") if ok else "not acked"
-                capture_id = f"{unit.unit_id}-{res.capture_id}"
+                sha = hashlib.sha256(jpeg).hexdigest()
+                capture_id = f"{unit.unit_id}-{res.capture_id}-{sha[:12]}"
                 unit_name = unit.unit_id
             ms = (time.perf_counter() - t0) * 1000
             progress.stored(path, unit_name, capture_id, len(jpeg), ms, outcome)
             results.append({"path": path, "unit": unit_name, "ok": ok, "bytes": len(jpeg)})
+        if station.inference is not None and detector:
+            with analysed_event:
+                analysed_event.wait_for(
+                    lambda: station.store.queue_summary()["by_state"]["received"]["count"] == 0,
+                    timeout=60,
+                )
         elapsed = time.monotonic() - started
         summary = _summary(station, results, elapsed, workdir, broker is not None)
         _print_summary(summary, say)
@@ -214,9 +242,21 @@ def _summary(
         "queue": q["by_state"],
         "stored_image_bytes": q["stored_image_bytes"],
         "units": [u["unit_id"] for u in station.store.units()],
+        "detections": _detection_counts(station),
         "buffer": str(station.store.path),
         "elapsed_s": round(elapsed, 2),
     }
+
+
+def _detection_counts(station: Station) -> dict[str, int]:
+    with station.store.read() as conn:
+        rows = conn.execute(
+            "SELECT label, count(*) AS n FROM detections WHERE parent_id IS NULL GROUP BY label"
+        ).fetchall()
+        empty = conn.execute("SELECT count(*) FROM captures WHERE empty = 1").fetchone()[0]
+    out = {r["label"]: r["n"] for r in rows}
+    out["empty frames"] = empty
+    return out
 
 
 def _print_summary(s: dict[str, Any], say: Any) -> None:
@@ -232,6 +272,7 @@ def _print_summary(s: dict[str, Any], say: Any) -> None:
     states = ", ".join(f"{k} {v['count']}" for k, v in s["queue"].items() if v["count"])
     say(f"  by state      {states}")
     say(f"  units         {', '.join(s['units'])}")
+    say("  detections    " + ", ".join(f"{k} {v}" for k, v in s["detections"].items()))
     say(f"  elapsed       {s['elapsed_s']} s")
     say(
         "  result        "

@@ -56,7 +56,11 @@ async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         more = message.get("more_body", False)
     body = json.dumps({"read": size}).encode()
     await send(
-        {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json")],
+        }
     )
     await send({"type": "http.response.body", "body": body})
 
@@ -88,18 +92,30 @@ def build_batches(station_id: str, count: int, size: int) -> list[tuple[bytes, s
                     "image_sha256": digest,
                     "empty": False,
                     "detections": [
-                        {"label": "animal", "group": "animal", "score": 0.9, "box": [0.1, 0.1, 0.5, 0.5], "model": "m", "model_version": "1"}
+                        {
+                            "label": "animal",
+                            "group": "animal",
+                            "score": 0.9,
+                            "box": [0.1, 0.1, 0.5, 0.5],
+                            "model": "m",
+                            "model_version": "1",
+                        }
                     ],
                 }
             )
             files.append((part, (f"{capture_id}.jpg", data, "image/jpeg")))
-        manifest = ("manifest", (None, json.dumps({"station_id": station_id, "items": items}), "application/json"))
+        manifest = (
+            "manifest",
+            (None, json.dumps({"station_id": station_id, "items": items}), "application/json"),
+        )
         prepared = requests.Request("POST", "http://x/", files=[manifest, *files]).prepare()
         batches.append((prepared.body, prepared.headers["Content-Type"]))
     return batches
 
 
-def run_clients(url: str, tokens: list[str], work: list[list[tuple[bytes, str]]]) -> dict[str, float]:
+def run_clients(
+    url: str, tokens: list[str], work: list[list[tuple[bytes, str]]]
+) -> dict[str, float]:
     """Each client thread sends its batches back to back; return throughput and latencies."""
     latencies: list[float] = []
     errors: list[str] = []
@@ -125,7 +141,9 @@ def run_clients(url: str, tokens: list[str], work: list[list[tuple[bytes, str]]]
                     if not ok:
                         errors.append(f"{response.status_code} {response.text[:200]}")
 
-    threads = [threading.Thread(target=client, args=(t, w)) for t, w in zip(tokens, work, strict=True)]
+    threads = [
+        threading.Thread(target=client, args=(t, w)) for t, w in zip(tokens, work, strict=True)
+    ]
     wall = time.perf_counter()
     for t in threads:
         t.start()
@@ -154,8 +172,17 @@ def bare_server() -> Any:
     port = free_port()
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "uvicorn", "bench_cloud:bare_app", "--host", "127.0.0.1",
-            "--port", str(port), "--log-level", "warning", "--no-access-log",
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench_cloud:bare_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
         ],
         cwd=Path(__file__).parent,
     )
@@ -200,7 +227,10 @@ def moto_subprocess() -> Any:
 
 def backend_env(name: str, stack: ExitStack) -> dict[str, str]:
     """FIELDSTATION_CLOUD_* variables for one backend (starting PostgreSQL and moto if needed)."""
-    env = {"FIELDSTATION_CLOUD_SERVER_LOG_LEVEL": "warning", "FIELDSTATION_CLOUD_LIMITS_RATE_LIMIT_PER_MINUTE": "0"}
+    env = {
+        "FIELDSTATION_CLOUD_SERVER_LOG_LEVEL": "warning",
+        "FIELDSTATION_CLOUD_LIMITS_RATE_LIMIT_PER_MINUTE": "0",
+    }
     if name == "sqlite-nofsync":
         env["FIELDSTATION_CLOUD_STORAGE_FSYNC"] = "false"
     if name == "postgres":
@@ -221,12 +251,17 @@ def backend_env(name: str, stack: ExitStack) -> dict[str, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--batches", type=int, default=25, help="batches per client")
     parser.add_argument("--batch-size", type=int, default=10, help="captures per batch")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating bare/cloud rounds")
     parser.add_argument(
-        "--backends", default="sqlite,postgres", help="comma list of sqlite, sqlite-nofsync, postgres"
+        "--backends",
+        default="sqlite,postgres",
+        help="comma list of sqlite, sqlite-nofsync, postgres",
     )
     args = parser.parse_args()
     stations = [f"bench-{i}" for i in range(args.clients)]
@@ -234,27 +269,50 @@ def main() -> None:
         f"{args.clients} clients x {args.batches} batches x {args.batch_size} captures of "
         f"{CAPTURE_BYTES // 1024} KiB"
     )
-    work = [build_batches(s, args.batches, args.batch_size) for s in stations]
     warm = [build_batches(s, 2, args.batch_size) for s in stations]
-    with bare_server() as url:
-        run_clients(url, ["-"] * args.clients, warm)
-        bare = run_clients(url, ["-"] * args.clients, work)
-    print(_line("bare ASGI handler (reads body)", bare, None))
-    for name in args.backends.split(","):
-        with ExitStack() as stack:
+    # Bare and cloud alternate round by round, so load from elsewhere on the machine hits both;
+    # the printed figures are the medians over the rounds.
+    bare_rounds: list[dict[str, float]] = []
+    with ExitStack() as stack:
+        bare_url = stack.enter_context(bare_server())
+        run_clients(bare_url, ["-"] * args.clients, warm)
+        targets = {}
+        for name in args.backends.split(","):
             env = backend_env(name, stack)
             service = stack.enter_context(
                 CloudService.start(Path(tempfile.mkdtemp(prefix="bench-cloud-")), env=env)
             )
             tokens = [service.add_station(s) for s in stations]
-            run_clients(service.url, tokens, warm)
-            measured = run_clients(service.url, tokens, work)
+            run_clients(
+                service.url, tokens, [build_batches(s, 2, args.batch_size) for s in stations]
+            )
+            targets[name] = (service, tokens, [])
+        for _ in range(args.rounds):
+            work = [build_batches(s, args.batches, args.batch_size) for s in stations]
+            bare_rounds.append(run_clients(bare_url, ["-"] * args.clients, work))
+            for service, tokens, rounds in targets.values():
+                work = [build_batches(s, args.batches, args.batch_size) for s in stations]
+                rounds.append(run_clients(service.url, tokens, work))
+    bare = _median(bare_rounds)
+    print(_line("bare ASGI handler (reads body)", bare, None))
+    for name, (_, _, rounds) in targets.items():
         label = {
             "sqlite": "cloud: SQLite + local FS (fsync)",
             "sqlite-nofsync": "cloud: SQLite + local FS (no fsync)",
             "postgres": "cloud: PostgreSQL + moto S3",
         }[name]
-        print(_line(label, measured, bare))
+        ratios = sorted(
+            r["captures_per_s"] / b["captures_per_s"]
+            for r, b in zip(rounds, bare_rounds, strict=True)
+        )
+        print(
+            _line(label, _median(rounds), bare)
+            + f"  (per-round ratios {', '.join(f'{x:.2f}' for x in ratios)})"
+        )
+
+
+def _median(rounds: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
 
 
 def _line(label: str, m: dict[str, float], bare: dict[str, float] | None) -> str:

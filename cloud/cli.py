@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def command(name: str, help_text: str, parent: argparse._SubParsersAction = sub) -> argparse.ArgumentParser:
+    def command(
+        name: str, help_text: str, parent: argparse._SubParsersAction = sub
+    ) -> argparse.ArgumentParser:
         p = parent.add_parser(name, help=help_text, description=help_text)
         _common(p, top=False)
         return p
@@ -182,7 +184,9 @@ def cmd_stations_list(args: argparse.Namespace) -> int:
     print(f"{'STATION':<24} {'STATE':<8} {'CAPTURES':>8}  LAST HEARTBEAT")
     for s in stations:
         when = (
-            dt.datetime.fromtimestamp(s["last_heartbeat_at"], tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+            dt.datetime.fromtimestamp(s["last_heartbeat_at"], tz=dt.UTC).strftime(
+                "%Y-%m-%d %H:%M:%SZ"
+            )
             if s["last_heartbeat_at"]
             else "never"
         )
@@ -255,7 +259,9 @@ def cmd_models_publish(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     finally:
         service.close()
-    print(f"published {entry['name']} {entry['version']} ({entry['size']} bytes, sha256 {entry['sha256']})")
+    print(
+        f"published {entry['name']} {entry['version']} ({entry['size']} bytes, sha256 {entry['sha256']})"
+    )
     return 0
 
 
@@ -326,7 +332,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for section in data.values():
         for key in section:
             # Never echo secrets.
-            if any(word in key for word in ("secret", "key", "token", "connection")) and section[key]:
+            if (
+                any(word in key for word in ("secret", "key", "token", "connection"))
+                and section[key]
+            ):
                 section[key] = "***"
     print(json.dumps(data, indent=2))
     return 0

@@ -87,7 +87,11 @@ class CloudConfig:
         return self.database.url or f"sqlite:///{(self.data_path / 'cloud.sqlite3').resolve()}"
 
     def storage_path(self) -> Path:
-        return Path(self.storage.path).expanduser() if self.storage.path else self.data_path / "objects"
+        return (
+            Path(self.storage.path).expanduser()
+            if self.storage.path
+            else self.data_path / "objects"
+        )
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(CloudConfig)}
@@ -114,7 +118,16 @@ def _coerce(section: str, key: str, value: Any, default: Any, where: str) -> Any
     if want is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        if isinstance(value, str) and value.lower() in (
+            "1",
+            "true",
+            "yes",
+            "on",
+            "0",
+            "false",
+            "no",
+            "off",
+        ):
             return value.lower() in ("1", "true", "yes", "on")
     elif want is int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -129,9 +142,8 @@ def _coerce(section: str, key: str, value: Any, default: Any, where: str) -> Any
                 return float(value)
             except ValueError:
                 pass
-    elif want is str:
-        if isinstance(value, str):
-            return value
+    elif want is str and isinstance(value, str):
+        return value
     raise ConfigError(f"{where}: [{section}] {key} = {value!r}: expected {want.__name__}")
 
 
@@ -151,7 +163,9 @@ def load_config(
             raise ConfigError(f"{path}: {exc}") from exc
         for section, values in raw.items():
             if section not in SECTIONS:
-                raise ConfigError(f"{path}:{_line_of(text, section, None)}: unknown section [{section}]")
+                raise ConfigError(
+                    f"{path}:{_line_of(text, section, None)}: unknown section [{section}]"
+                )
             if not isinstance(values, dict):
                 raise ConfigError(f"{path}: {section} must be a [section] table")
             target = getattr(config, section)
@@ -168,7 +182,9 @@ def load_config(
         if section not in SECTIONS or not hasattr(getattr(config, section), key):
             raise ConfigError(f"environment {name}: no such setting")
         target = getattr(config, section)
-        setattr(target, key, _coerce(section, key, value, getattr(target, key), f"environment {name}"))
+        setattr(
+            target, key, _coerce(section, key, value, getattr(target, key), f"environment {name}")
+        )
     if data_dir is not None:
         config.server.data_dir = data_dir
     if listen is not None:
@@ -190,14 +206,18 @@ def validate(config: CloudConfig) -> None:
     parse_listen(config.server.listen)
     storage = config.storage
     if storage.backend not in ("local", "s3", "azure", "gcs"):
-        raise ConfigError(f"[storage] backend = {storage.backend!r}: expected local, s3, azure or gcs")
+        raise ConfigError(
+            f"[storage] backend = {storage.backend!r}: expected local, s3, azure or gcs"
+        )
     if storage.backend in ("s3", "gcs") and not storage.bucket:
         raise ConfigError(f"[storage] bucket: required for backend {storage.backend!r}")
     if storage.backend == "azure":
         if not storage.container:
             raise ConfigError("[storage] container: required for backend 'azure'")
         if not (storage.connection_string or storage.account_url):
-            raise ConfigError("[storage] connection_string or account_url: required for backend 'azure'")
+            raise ConfigError(
+                "[storage] connection_string or account_url: required for backend 'azure'"
+            )
     url = config.database.url
     if url and not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
         raise ConfigError(f"[database] url = {url!r}: expected sqlite:///PATH or postgresql://...")

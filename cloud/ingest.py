@@ -106,7 +106,8 @@ class BatchIngest:
         for part in parts.values():
             if part.size > self.max_item_bytes:
                 raise RequestError(
-                    413, f"part {part.name!r} is over the per-item limit of {self.max_item_bytes} bytes"
+                    413,
+                    f"part {part.name!r} is over the per-item limit of {self.max_item_bytes} bytes",
                 )
         return manifest.items, parts, manifest.station_id
 
@@ -173,7 +174,9 @@ class BatchIngest:
             raise _Rejected("missing_part", f"image part {item.image_part!r} is not in the request")
         data = part.data
         if not data.startswith(JPEG_MAGIC):
-            raise _Rejected("not_jpeg", f"image part {item.image_part!r} is not a JPEG (no FF D8 FF magic)")
+            raise _Rejected(
+                "not_jpeg", f"image part {item.image_part!r} is not a JPEG (no FF D8 FF magic)"
+            )
         digest = hashlib.sha256(data).hexdigest()
         if item.image_sha256 is not None and item.image_sha256 != digest:
             raise _Rejected(
@@ -230,7 +233,9 @@ class BatchIngest:
         sha, variant, _ = existing
         item = pending.item
         if sha != item.sha256:
-            return _result(item.capture_id, "conflict", f"capture_id already held with sha256 {sha}")
+            return _result(
+                item.capture_id, "conflict", f"capture_id already held with sha256 {sha}"
+            )
         if VARIANT_RANK[item.variant] <= VARIANT_RANK[variant]:
             return _result(item.capture_id, "duplicate", f"already held as {variant!r}")
         # A better variant of a capture we hold (e.g. full after thumbnail): keep the better one.
@@ -245,8 +250,12 @@ class BatchIngest:
             pending.image_sha256,
             len(pending.image),
         ):
-            return _result(item.capture_id, "duplicate", f"image upgraded from {variant!r} to {item.variant!r}")
-        return _result(item.capture_id, "duplicate", "already held (changed by a concurrent upload)")
+            return _result(
+                item.capture_id, "duplicate", f"image upgraded from {variant!r} to {item.variant!r}"
+            )
+        return _result(
+            item.capture_id, "duplicate", "already held (changed by a concurrent upload)"
+        )
 
     def _put_images(self, pending: list[_Pending]) -> None:
         def put(p: _Pending) -> int:
@@ -282,7 +291,7 @@ class BatchIngest:
             image_size=len(pending.image) if pending.image is not None else None,
             empty=item.empty,
             detections=[d.model_dump() for d in item.detections],
-            meta=item.meta,
+            meta={**item.meta, "_extra": item.model_extra} if item.model_extra else item.meta,
         )
 
 

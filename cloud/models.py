@@ -13,7 +13,9 @@ from cloud.storage import ObjectStore
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-def publish_model(db: Database, store: ObjectStore, path: Path, name: str, version: str) -> dict[str, Any]:
+def publish_model(
+    db: Database, store: ObjectStore, path: Path, name: str, version: str
+) -> dict[str, Any]:
     """Store the package file at `path` as model `name` `version`; return its manifest entry."""
     for what, value in (("name", name), ("version", version)):
         if not NAME_PATTERN.match(value) or ".." in value:

@@ -48,7 +48,13 @@ def parse_parts(
     """Split `body` into parts by name; raise MultipartError, or PartTooLarge naming the part."""
     boundary = boundary_of(content_type)
     parts: dict[str, Part] = {}
-    state: dict[str, object] = {"field": b"", "value": b"", "headers": {}, "part": None, "end": False}
+    state: dict[str, object] = {
+        "field": b"",
+        "value": b"",
+        "headers": {},
+        "part": None,
+        "end": False,
+    }
 
     def on_part_begin() -> None:
         state["headers"] = {}
@@ -95,7 +101,9 @@ def parse_parts(
         assert isinstance(part, Part)
         part.size += end - start
         if part.size > max_part_bytes:
-            raise PartTooLarge(f"part {part.name!r} is over the per-item limit of {max_part_bytes} bytes")
+            raise PartTooLarge(
+                f"part {part.name!r} is over the per-item limit of {max_part_bytes} bytes"
+            )
         part.chunks.append(data[start:end])
 
     def on_end() -> None:

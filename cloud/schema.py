@@ -20,13 +20,15 @@ Unit01 = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class Detection(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Newer stations may add fields; an older cloud ignores them rather than refuse the capture.
+    model_config = ConfigDict(extra="ignore")
 
     label: str = Field(min_length=1, max_length=200)
     group: Literal["animal", "person", "vehicle", "other"]
     score: Unit01
     box: list[Unit01] | None = Field(
-        default=None, description="[x, y, w, h] normalised to 0..1 from the top-left; null = whole image"
+        default=None,
+        description="[x, y, w, h] normalised to 0..1 from the top-left; null = whole image",
     )
     model: str = Field(default="", max_length=200)
     model_version: str = Field(default="", max_length=100)
@@ -42,7 +44,8 @@ class Detection(BaseModel):
 class CaptureItem(BaseModel):
     """One capture in a batch manifest; `image_part` names the multipart part holding its bytes."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Fields this version does not know are kept in meta["_extra"] rather than refused or lost.
+    model_config = ConfigDict(extra="allow")
 
     capture_id: str = Field(pattern=CAPTURE_ID_PATTERN)
     unit_id: str = Field(min_length=1, max_length=128)

@@ -16,7 +16,8 @@ def serve(config: CloudConfig) -> None:
     """Serve until SIGTERM or SIGINT; uvicorn drains open requests, then the lifespan closes backends."""
     host, port = parse_listen(config.server.listen)
     logging.basicConfig(
-        level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=config.server.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     server = uvicorn.Server(
         uvicorn.Config(

@@ -1,8 +1,8 @@
 """Start a real `fieldstation-cloud serve` on a free loopback port, for any test suite.
 
-    with CloudService.start(tmp_path / "cloud") as cloud:
-        token = cloud.add_station("st-1")
-        requests.get(cloud.url + "/v1/ping")
+with CloudService.start(tmp_path / "cloud") as cloud:
+    token = cloud.add_station("st-1")
+    requests.get(cloud.url + "/v1/ping")
 """
 
 from __future__ import annotations
@@ -44,7 +44,12 @@ class CloudService:
     """A `fieldstation-cloud serve` subprocess; stop() sends SIGTERM and waits."""
 
     def __init__(
-        self, process: subprocess.Popen[bytes], data_dir: Path, port: int, env: dict[str, str], log: Path
+        self,
+        process: subprocess.Popen[bytes],
+        data_dir: Path,
+        port: int,
+        env: dict[str, str],
+        log: Path,
     ) -> None:
         self.process = process
         self.data_dir = data_dir
@@ -77,7 +82,9 @@ class CloudService:
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"fieldstation-cloud serve exited: {log.read_text(errors='replace')}")
+                raise RuntimeError(
+                    f"fieldstation-cloud serve exited: {log.read_text(errors='replace')}"
+                )
             try:
                 with urllib.request.urlopen(service.url + "/v1/ping", timeout=2) as response:
                     if response.status == 200:
@@ -86,7 +93,9 @@ class CloudService:
                 pass
             if time.monotonic() > deadline:
                 service.stop()
-                raise RuntimeError(f"fieldstation-cloud serve did not answer: {log.read_text(errors='replace')}")
+                raise RuntimeError(
+                    f"fieldstation-cloud serve did not answer: {log.read_text(errors='replace')}"
+                )
             time.sleep(0.05)
 
     def add_station(self, station_id: str, location: str | None = None) -> str:
@@ -118,6 +127,9 @@ class CloudService:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()

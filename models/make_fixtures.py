@@ -446,6 +446,53 @@ def yolo(layout: str) -> Graph:
     return g
 
 
+SCENE_INPUT = 128
+SCENE_CELL = 8
+SCENE_GRID = SCENE_INPUT // SCENE_CELL  # 16x16 cells
+
+
+def scene_animal() -> Graph:
+    """The demo's animal finder: 8x8-pixel cells whose red-minus-blue stands out (a brown animal
+    on green ground under a blue sky, as agent/scenes.py draws), as YOLOv8-style logits."""
+    g = Graph()
+    x = g.tensor("image", [1, SCENE_INPUT, SCENE_INPUT, 3], F32)
+    g.inputs = [x]
+    pooled = g.tensor("cells", [1, SCENE_GRID, SCENE_GRID, 3], F32)
+    g.op(Op.AVERAGE_POOL_2D, [x], [pooled], _pool(SCENE_CELL))
+    n = SCENE_GRID * SCENE_GRID
+    shape = g.const("cells_shape", np.array([1, n, 3]), I32)
+    flat = g.tensor("cells_flat", [1, n, 3], F32)
+    g.op(Op.RESHAPE, [pooled, shape], [flat])
+    # logit = 40 * (red - blue - 0.16): brown fur ~0.22, sky, leaves and soil stay below 0.11
+    w = g.const("head_w", np.stack([np.zeros(3)] * 4 + [np.array([40.0, 0.0, -40.0])]))
+    b = g.const("head_b", np.array([0, 0, 0, 0, -6.4]))
+    head = g.tensor("head_logits", [1, n, 5], F32)
+    g.op(Op.FULLY_CONNECTED, [flat, w, b], [head], _fc(True))
+    ys, xs = np.mgrid[0:SCENE_GRID, 0:SCENE_GRID]
+    boxes = np.zeros((1, n, 5))
+    boxes[0, :, 0] = xs.ravel() * SCENE_CELL + SCENE_CELL / 2
+    boxes[0, :, 1] = ys.ravel() * SCENE_CELL + SCENE_CELL / 2
+    boxes[0, :, 2:4] = 4 * SCENE_CELL  # neighbouring cells overlap, so NMS merges one animal
+    box_t = g.const("cell_boxes", boxes)
+    out = g.tensor("head", [1, n, 5], F32)
+    g.op(
+        Op.ADD,
+        [head, box_t],
+        [out],
+        (Opt.AddOptions, _empty(tflite.AddOptionsStart, tflite.AddOptionsEnd)),
+    )
+    perm = g.const("perm", np.array([0, 2, 1]), I32)
+    t = g.tensor("output0", [1, 5, n], F32)
+    g.op(
+        Op.TRANSPOSE,
+        [out, perm],
+        [t],
+        (Opt.TransposeOptions, _empty(tflite.TransposeOptionsStart, tflite.TransposeOptionsEnd)),
+    )
+    g.outputs = [t]
+    return g
+
+
 # --- cards ---------------------------------------------------------------------------------------
 
 _COMMON = {"format": 1, "version": "1.0.0", "license": "Apache-2.0", "author": "WildCAM fixtures"}
@@ -543,6 +590,28 @@ FIXTURES = {
             "thresholds": {"default": 0.5},
             "nms_iou": 0.45,
             "decoder": {"layout": "channels_first", "objectness": False, "coords": "pixels"},
+        },
+    ),
+    "scene-animal": (
+        scene_animal,
+        {
+            **_COMMON,
+            "name": "scene-animal",
+            "task": "detect.yolo",
+            "description": "Fixture for the demo: finds the brown animal in agent/scenes.py frames "
+            "(YOLOv8-style head of logits, sigmoid in the decoder).",
+            "input": {**_grid_input(), "width": SCENE_INPUT, "height": SCENE_INPUT},
+            "labels": ["animal"],
+            "groups": {"animal": "animal"},
+            "thresholds": {"default": 0.5},
+            "nms_iou": 0.2,
+            "max_detections": 10,
+            "decoder": {
+                "layout": "channels_first",
+                "objectness": False,
+                "coords": "pixels",
+                "activation": "sigmoid",
+            },
         },
     ),
 }

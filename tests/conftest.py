@@ -50,6 +50,7 @@ listen = "127.0.0.1:{free_port()}"
 [storage]
 check_on_start = true
 {extra}
+{"" if "[inference]" in extra else "[inference]" + chr(10) + "enabled = false"}
 """,
         "<test>",
     )

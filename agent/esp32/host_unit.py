@@ -549,11 +549,14 @@ class UnitRunner:
                 self.awake.clear()
                 self.cycles += 1
                 seconds = self.unit.sleeps[-1].seconds if self.unit.sleeps else 0
-                if self.time_scale > 0 and seconds > 0:
-                    # timer wake after the (scaled) sleep unless something else wakes us first
-                    if not self._wake.wait(seconds * self.time_scale):
-                        self._wake_reason = "timer"
-                        self._wake.set()
+                # timer wake after the (scaled) sleep unless something else wakes us first
+                if (
+                    self.time_scale > 0
+                    and seconds > 0
+                    and not self._wake.wait(seconds * self.time_scale)
+                ):
+                    self._wake_reason = "timer"
+                    self._wake.set()
         except BaseException as exc:  # noqa: BLE001 - surfaced to the test through .error
             self.error = exc
             log.exception("virtual unit %s crashed", self.unit.unit_id)

@@ -115,7 +115,7 @@ class VirtualBoard:
             f.seek(offset)
             f.write(data)
 
-    def boot(self, link: UnitLink, linger_ms: int = 3000, **kwargs: object) -> VirtualUnit:
+    def boot(self, link: UnitLink, linger_ms: int = 1500, **kwargs: object) -> VirtualUnit:
         """Power on: check the firmware is there, read NVS, start the core (HELLO follows on wake)."""
         version = self.firmware_version()
         settings = read_unit_settings(self.path.read_bytes())

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +65,21 @@ def _config(args: argparse.Namespace) -> Any:
     return config
 
 
+@contextlib.contextmanager
+def _quiet_runtime() -> Iterator[None]:
+    """Hide the runtime's native "INFO: Created TensorFlow Lite XNNPACK delegate" line (it
+    writes to fd 2 directly) so command output stays readable; Python errors still raise."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _candidates(folders: list[Path]) -> list[Path]:
     found: list[Path] = []
     for folder in folders:
@@ -93,7 +111,8 @@ def cmd_models_list(args: argparse.Namespace) -> int:
             row.update(
                 name=card.name, version=card.version, task=card.task, labels=len(card.labels)
             )
-            load_package(path, threads=section.threads, xnnpack=section.xnnpack)
+            with _quiet_runtime():
+                load_package(path, threads=section.threads, xnnpack=section.xnnpack)
             row["status"] = "ok"
         except (PackageError, RuntimeMissing) as exc:
             row.setdefault("name", path.name)
@@ -139,20 +158,19 @@ def cmd_infer(args: argparse.Namespace) -> int:
         )
         return 2
     threads = args.threads or section.threads
+    cref = args.classifier if args.classifier is not None else None
+    if cref is None and not args.model:
+        cref = section.classifier  # the configured pair, as the station runs it
     try:
-        detector = load_package(
-            resolve_package(ref, mdir), threads=threads, xnnpack=section.xnnpack
-        )
-        cref = (
-            args.classifier
-            if args.classifier is not None
-            else (None if args.model else section.classifier)
-        )
-        classifier = (
-            load_package(resolve_package(cref, mdir), threads=threads, xnnpack=section.xnnpack)
-            if cref
-            else None
-        )
+        with _quiet_runtime():
+            detector = load_package(
+                resolve_package(ref, mdir), threads=threads, xnnpack=section.xnnpack
+            )
+            classifier = None
+            if cref:
+                classifier = load_package(
+                    resolve_package(cref, mdir), threads=threads, xnnpack=section.xnnpack
+                )
     except (PackageError, RuntimeMissing) as exc:
         print(f"fieldstation infer: {exc}", file=sys.stderr)
         return 2

@@ -81,7 +81,7 @@ def iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     iy0 = np.maximum(box[1], boxes[:, 1])
     ix1 = np.minimum(box[2], boxes[:, 2])
     iy1 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(ix1 - ix0, 0, None) * np.clip(iy1 - iy0, 0, None)
+    inter = np.maximum(ix1 - ix0, 0) * np.maximum(iy1 - iy0, 0)
     area = (box[2] - box[0]) * (box[3] - box[1])
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     union = area + areas - inter
@@ -102,6 +102,8 @@ def nms(
     `weighted` blends each kept box with the boxes it suppresses, by score (MediaPipe's way for
     BlazeFace, which fires on several neighbouring anchors per face).
     """
+    if len(scores) == 1:
+        return [(int(classes[0]), float(scores[0]), boxes[0])]
     order = np.argsort(-scores, kind="stable")
     boxes, scores, classes = boxes[order], scores[order], classes[order]
     alive = np.ones(len(scores), dtype=bool)

@@ -665,6 +665,7 @@ class Uploader:
                 sent = self.endpoints[name].heartbeat(payload)
             except EndpointError as exc:
                 self.metrics.requests.labels(name, "heartbeat", _result(exc)).inc()
+                self._failed(name, exc)
                 continue
             self.metrics.requests.labels(name, "heartbeat", "ok").inc()
             self._count(name, sent + _overhead(self.endpoints[name].url, "application/json", sent))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from cloud.api.deps import admin, get_service, station
-from cloud.auth import Principal
+from cloud.api.deps import Admin, ServiceDep, StationId
 from cloud.errors import NotFound
 from cloud.ingest import RequestError
 from cloud.schema import (
@@ -20,7 +20,6 @@ from cloud.schema import (
     LookupRequest,
     LookupResponse,
 )
-from cloud.service import Service
 
 router = APIRouter(prefix="/v1")
 
@@ -88,8 +87,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
 )
 async def upload_batch(
     request: Request,
-    station_id: str = Depends(station),
-    service: Service = Depends(get_service),
+    station_id: StationId,
+    service: ServiceDep,
 ) -> dict[str, Any]:
     body = await _read_body(request, service.config.limits.max_body_bytes)
     content_type = request.headers.get("content-type", "")
@@ -109,11 +108,15 @@ async def upload_batch(
 )
 async def lookup(
     body: LookupRequest,
-    station_id: str = Depends(station),
-    service: Service = Depends(get_service),
+    station_id: StationId,
+    service: ServiceDep,
 ) -> dict[str, Any]:
     held = await run_in_threadpool(service.db.held, station_id, body.capture_ids)
-    return {"held": {cid: {"sha256": sha, "variant": variant} for cid, (sha, variant, _) in held.items()}}
+    return {
+        "held": {
+            cid: {"sha256": sha, "variant": variant} for cid, (sha, variant, _) in held.items()
+        }
+    }
 
 
 @router.get(
@@ -123,13 +126,13 @@ async def lookup(
     summary="Operators: captures by station, time (unix seconds) and detection label",
 )
 async def list_captures(
-    station_id: str | None = Query(default=None, max_length=64),
-    since: float | None = Query(default=None, description="capture time >= since"),
-    until: float | None = Query(default=None, description="capture time < until"),
-    label: str | None = Query(default=None, max_length=200),
-    limit: int = Query(default=100, ge=1, le=10000),
-    _: Principal = Depends(admin),
-    service: Service = Depends(get_service),
+    _: Admin,
+    service: ServiceDep,
+    station_id: Annotated[str | None, Query(max_length=64)] = None,
+    since: Annotated[float | None, Query(description="capture time >= since")] = None,
+    until: Annotated[float | None, Query(description="capture time < until")] = None,
+    label: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 100,
 ) -> dict[str, Any]:
     rows = await run_in_threadpool(
         service.db.query_captures, station_id, since, until, label, limit
@@ -172,11 +175,9 @@ async def list_captures(
 async def capture_image(
     station_id: str,
     capture_id: str,
-    _: Principal = Depends(admin),
-    service: Service = Depends(get_service),
+    _: Admin,
+    service: ServiceDep,
 ) -> Response:
-    import re
-
     if not re.match(STATION_ID_PATTERN, station_id) or not re.match(CAPTURE_ID_PATTERN, capture_id):
         raise HTTPException(404, "no such capture")
     row = await run_in_threadpool(service.db.get_capture, station_id, capture_id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
@@ -21,10 +23,11 @@ def get_service(request: Request) -> Service:
     return service
 
 
-async def principal(
-    service: Service = Depends(get_service),
-    credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
-) -> Principal:
+ServiceDep = Annotated[Service, Depends(get_service)]
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+async def principal(service: ServiceDep, credentials: Credentials) -> Principal:
     """The token's principal, or 401."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         service.metrics.rejections.labels("no_token").inc()
@@ -38,9 +41,10 @@ async def principal(
     return found
 
 
-async def station(
-    who: Principal = Depends(principal), service: Service = Depends(get_service)
-) -> str:
+PrincipalDep = Annotated[Principal, Depends(principal)]
+
+
+async def station(who: PrincipalDep, service: ServiceDep) -> str:
     """The calling station's id (rate limited per station), or 403 for an operator token."""
     if who.role != "station" or who.station_id is None:
         raise HTTPException(403, "this route is for station tokens")
@@ -55,16 +59,21 @@ async def station(
     return who.station_id
 
 
-async def station_or_admin(who: Principal = Depends(principal)) -> Principal:
+async def station_or_admin(who: PrincipalDep) -> Principal:
     """Any valid token (model artifacts are readable by stations and operators)."""
     return who
 
 
-async def admin(who: Principal = Depends(principal)) -> Principal:
+async def admin(who: PrincipalDep) -> Principal:
     """Operator routes: 403 for station tokens."""
     if who.role != "admin":
         raise HTTPException(403, "this route needs the operator (admin) token")
     return who
+
+
+StationId = Annotated[str, Depends(station)]
+AnyToken = Annotated[Principal, Depends(station_or_admin)]
+Admin = Annotated[Principal, Depends(admin)]
 
 
 def forbid_other_station(station_id: str, claimed: str | None) -> None:

@@ -5,15 +5,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from cloud.api.deps import get_service
+from cloud.api.deps import ServiceDep
 from cloud.errors import BackendUnavailable
 from cloud.schema import Ping
-from cloud.service import Service
 
 router = APIRouter()
 
@@ -29,7 +28,7 @@ async def healthz() -> dict[str, Any]:
 
 
 @router.get("/readyz", summary="Readiness: database and object store answer")
-async def readyz(service: Service = Depends(get_service)) -> Response:
+async def readyz(service: ServiceDep) -> Response:
     problems = []
     for name, check in (("database", service.db.ping), ("storage", service.store.ping)):
         try:
@@ -44,6 +43,5 @@ async def readyz(service: Service = Depends(get_service)) -> Response:
 
 
 @router.get("/metrics", summary="Prometheus metrics")
-async def metrics(service: Service = Depends(get_service)) -> Response:
+async def metrics(service: ServiceDep) -> Response:
     return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-

@@ -7,15 +7,13 @@ import json
 import re
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from cloud.api.captures import ERRORS
-from cloud.api.deps import get_service, station_or_admin
-from cloud.auth import Principal
+from cloud.api.deps import AnyToken, ServiceDep
 from cloud.errors import NotFound
 from cloud.schema import ErrorBody, ModelManifest
-from cloud.service import Service
 
 router = APIRouter(prefix="/v1")
 
@@ -59,8 +57,8 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
 )
 async def manifest(
     request: Request,
-    _: Principal = Depends(station_or_admin),
-    service: Service = Depends(get_service),
+    _: AnyToken,
+    service: ServiceDep,
 ) -> Response:
     models = await run_in_threadpool(service.db.list_models)
     body: dict[str, Any] = {
@@ -100,8 +98,8 @@ async def artifact(
     name: str,
     version: str,
     request: Request,
-    _: Principal = Depends(station_or_admin),
-    service: Service = Depends(get_service),
+    _: AnyToken,
+    service: ServiceDep,
 ) -> Response:
     model = await run_in_threadpool(service.db.get_model, name, version)
     if model is None:
@@ -118,7 +116,9 @@ async def artifact(
         try:
             span = parse_range(range_header, size)
         except ValueError:
-            return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+            return Response(
+                status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"}
+            )
     try:
         if span is None:
             data = await run_in_threadpool(service.store.get, model["object_key"])

@@ -5,14 +5,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from cloud.api.captures import ERRORS
-from cloud.api.deps import admin, forbid_other_station, get_service, station
-from cloud.auth import Principal
+from cloud.api.deps import Admin, ServiceDep, StationId, forbid_other_station
 from cloud.schema import Heartbeat, HeartbeatResponse, StationList
-from cloud.service import Service
 
 router = APIRouter(prefix="/v1")
 
@@ -25,8 +23,8 @@ router = APIRouter(prefix="/v1")
 )
 async def heartbeat(
     body: Heartbeat,
-    station_id: str = Depends(station),
-    service: Service = Depends(get_service),
+    station_id: StationId,
+    service: ServiceDep,
 ) -> dict[str, Any]:
     forbid_other_station(station_id, body.station_id)
     now = time.time()
@@ -41,7 +39,5 @@ async def heartbeat(
     responses=ERRORS,
     summary="Operators: stations with their last heartbeat",
 )
-async def list_stations(
-    _: Principal = Depends(admin), service: Service = Depends(get_service)
-) -> dict[str, Any]:
+async def list_stations(_: Admin, service: ServiceDep) -> dict[str, Any]:
     return {"stations": await run_in_threadpool(service.db.list_stations)}

@@ -229,7 +229,9 @@ class Database:
             row = cur.fetchone()
         if row is None:
             return None
-        return TokenRow(row[0], row[1], row[2], bytes.fromhex(row[3]), bytes.fromhex(row[4]), bool(row[5]))
+        return TokenRow(
+            row[0], row[1], row[2], bytes.fromhex(row[3]), bytes.fromhex(row[4]), bool(row[5])
+        )
 
     def list_stations(self) -> list[dict[str, Any]]:
         with self.transaction() as cur:
@@ -268,7 +270,9 @@ class Database:
 
     # -- captures --------------------------------------------------------------------------------
 
-    def held(self, station_id: str, capture_ids: Iterable[str]) -> dict[str, tuple[str, str, str | None]]:
+    def held(
+        self, station_id: str, capture_ids: Iterable[str]
+    ) -> dict[str, tuple[str, str, str | None]]:
         """capture_id -> (sha256, variant, image_key) for the ids this station's captures hold."""
         ids = list(dict.fromkeys(capture_ids))
         found: dict[str, tuple[str, str, str | None]] = {}
@@ -355,7 +359,15 @@ class Database:
             cur.execute(
                 "UPDATE captures SET variant = ?, image_key = ?, image_sha256 = ?, image_size = ? "
                 "WHERE station_id = ? AND capture_id = ? AND variant = ?",
-                (variant, image_key, image_sha256, image_size, station_id, capture_id, from_variant),
+                (
+                    variant,
+                    image_key,
+                    image_sha256,
+                    image_size,
+                    station_id,
+                    capture_id,
+                    from_variant,
+                ),
             )
             return cur.rowcount == 1
 
@@ -457,7 +469,9 @@ class Database:
 
     # -- models ----------------------------------------------------------------------------------
 
-    def publish_model(self, name: str, version: str, sha256: str, size: int, object_key: str) -> float:
+    def publish_model(
+        self, name: str, version: str, sha256: str, size: int, object_key: str
+    ) -> float:
         """Record a published model artifact; re-publishing the same name+version replaces it."""
         at = time.time()
         with self.transaction() as cur:

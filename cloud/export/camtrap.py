@@ -153,7 +153,13 @@ def _observations(
     }
     if not row.detections:
         kind = "unclassified" if row.empty is None else ("blank" if row.empty else "unknown")
-        return [{**base, "observationID": f"{row.station_id}:{row.capture_id}:0", "observationType": kind}]
+        return [
+            {
+                **base,
+                "observationID": f"{row.station_id}:{row.capture_id}:0",
+                "observationType": kind,
+            }
+        ]
     out = []
     for idx, det in enumerate(row.detections):
         label = det["label"]
@@ -176,7 +182,9 @@ def _observations(
             # Clip into the schema's ranges: width/height must be > 0 and the box inside the image.
             x, y = min(max(x, 0.0), 1.0), min(max(y, 0.0), 1.0)
             w, h = max(min(w, 1.0 - x), 1e-6), max(min(h, 1.0 - y), 1e-6)
-            obs.update(bboxX=round(x, 6), bboxY=round(y, 6), bboxWidth=round(w, 6), bboxHeight=round(h, 6))
+            obs.update(
+                bboxX=round(x, 6), bboxY=round(y, 6), bboxWidth=round(w, 6), bboxHeight=round(h, 6)
+            )
         out.append(obs)
     return out
 
@@ -208,7 +216,11 @@ def _descriptor(
     else:
         west = east = south = north = 0.0
     names = sorted({o["scientificName"] for o in observations if o.get("scientificName")})
-    triggers = {m for m in ("timeLapse",) if any((r.trigger or "").lower() in TIMELAPSE_TRIGGERS for r in rows)}
+    triggers = {
+        m
+        for m in ("timeLapse",)
+        if any((r.trigger or "").lower() in TIMELAPSE_TRIGGERS for r in rows)
+    }
     return {
         "profile": PROFILE_URL,
         "name": "wildcam-fieldstation-export",

@@ -61,7 +61,9 @@ class AzureBlobStore(ObjectStore):
 
     def _download(self, key: str, offset: int | None = None, length: int | None = None) -> bytes:
         try:
-            return self.container.download_blob(self._key(key), offset=offset, length=length).readall()
+            return self.container.download_blob(
+                self._key(key), offset=offset, length=length
+            ).readall()
         except ResourceNotFoundError as exc:
             raise NotFound(key) from exc
         except _UNAVAILABLE as exc:

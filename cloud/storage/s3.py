@@ -63,7 +63,9 @@ class S3Store(ObjectStore):
     def _get(self, key: str, range_header: str | None = None) -> bytes:
         kwargs = {"Range": range_header} if range_header else {}
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key), **kwargs)["Body"].read()
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key), **kwargs)[
+                "Body"
+            ].read()
         except self.client.exceptions.NoSuchKey as exc:
             raise NotFound(key) from exc
         except _UNAVAILABLE as exc:
@@ -77,7 +79,9 @@ class S3Store(ObjectStore):
 
     def size(self, key: str) -> int:
         try:
-            return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+            return int(
+                self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"]
+            )
         except botocore.exceptions.ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 raise NotFound(key) from exc

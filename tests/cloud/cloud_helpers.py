@@ -73,7 +73,11 @@ def batch_files(
     files: list[tuple[str, tuple[str | None, bytes | str, str]]] = [
         (
             "manifest",
-            (None, json.dumps({"station_id": station_id, "items": [e for e, _ in entries]}), "application/json"),
+            (
+                None,
+                json.dumps({"station_id": station_id, "items": [e for e, _ in entries]}),
+                "application/json",
+            ),
         )
     ]
     for entry, data in entries:

@@ -40,7 +40,9 @@ AZURITE_KEY = (
 )
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes] | None, what: str, timeout: float = 60) -> None:
+def wait_for_port(
+    port: int, process: subprocess.Popen[bytes] | None, what: str, timeout: float = 60
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -108,14 +110,36 @@ def postgres_server() -> Iterator[Postgres]:
         if done.returncode != 0:
             pytest.fail(f"{args[0]} failed: {done.stdout}{done.stderr}")
 
-    run(str(bindir / "initdb"), "-D", str(datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+    run(
+        str(bindir / "initdb"),
+        "-D",
+        str(datadir),
+        "-U",
+        "postgres",
+        "--auth=trust",
+        "-E",
+        "UTF8",
+        "--no-sync",
+    )
     options = (
         f"-p {port} -k {sockdir} -c listen_addresses=127.0.0.1 "
         "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
     )
     if as_user:
         shutil.chown(root, "postgres")
-    run(str(bindir / "pg_ctl"), "-D", str(datadir), "-l", str(log), "-o", options, "-w", "-t", "60", "start")
+    run(
+        str(bindir / "pg_ctl"),
+        "-D",
+        str(datadir),
+        "-l",
+        str(log),
+        "-o",
+        options,
+        "-w",
+        "-t",
+        "60",
+        "start",
+    )
     try:
         yield Postgres(port, bindir, datadir)
     finally:
@@ -201,7 +225,9 @@ def gcs_emulator() -> Iterator[str]:
     try:
         from gcp_storage_emulator.server import create_server
     except ImportError:
-        pytest.fail("gcp-storage-emulator missing: pip install gcp-storage-emulator (the test extra)")
+        pytest.fail(
+            "gcp-storage-emulator missing: pip install gcp-storage-emulator (the test extra)"
+        )
     port = free_port()
     server = create_server("127.0.0.1", port, in_memory=True)
     server.start()

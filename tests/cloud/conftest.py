@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cloud_services import LiveServer, Postgres, azurite, gcs_emulator, moto_s3, postgres_server
 
 from cloud.auth import issue_token
 from cloud.config import CloudConfig, validate
-from cloud_services import LiveServer, Postgres, azurite, gcs_emulator, moto_s3, postgres_server
 
 # Every database and every object store appears at least once; the upload suite runs on each.
 BACKENDS = ["sqlite+local", "postgres+s3", "sqlite+azure", "postgres+gcs"]
@@ -102,7 +102,9 @@ def make_live(
 def station_token() -> Callable[[LiveServer, str], str]:
     """Create a station on a live server and return a token for it."""
 
-    def make(server: LiveServer, station_id: str = "st-1", location: tuple[float, float] | None = None) -> str:
+    def make(
+        server: LiveServer, station_id: str = "st-1", location: tuple[float, float] | None = None
+    ) -> str:
         lat, lon = location or (None, None)
         server.service.db.add_station(station_id, lat, lon)
         return issue_token(server.service.db, station_id)

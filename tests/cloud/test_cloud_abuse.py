@@ -25,7 +25,9 @@ def post(server, token, files=None, data=None, headers=None):
 
 
 def test_missing_token_is_401(server):
-    response = requests.post(f"{server.url}/v1/captures/batch", files=batch_files("st-1", []), timeout=30)
+    response = requests.post(
+        f"{server.url}/v1/captures/batch", files=batch_files("st-1", []), timeout=30
+    )
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
 
@@ -59,7 +61,10 @@ def test_token_cannot_upload_for_another_station(server, station_token):
 def test_token_cannot_heartbeat_for_another_station(server, station_token):
     token = station_token(server, "st-1")
     response = requests.post(
-        f"{server.url}/v1/heartbeat", json={"station_id": "st-2", "time": 1.0}, headers=auth(token), timeout=30
+        f"{server.url}/v1/heartbeat",
+        json={"station_id": "st-2", "time": 1.0},
+        headers=auth(token),
+        timeout=30,
     )
     assert response.status_code == 403
 
@@ -124,18 +129,36 @@ def test_full_variant_must_be_the_original_bytes(server, station_token):
         ({"sha256": "xyz"}, "sha256"),
         ({"size": -1}, "size"),
         ({"unit_time_kind": "fortnights"}, "unit_time_kind"),
-        ({"detections": [{"label": "fox", "group": "animal", "score": 1.5, "box": None}]}, "detections.0.score"),
-        ({"detections": [{"label": "fox", "group": "animal", "score": 0.5, "box": [0.1, 0.2]}]}, "detections.0.box"),
-        ({"surprise": 1}, "surprise"),
+        (
+            {"detections": [{"label": "fox", "group": "animal", "score": 1.5, "box": None}]},
+            "detections.0.score",
+        ),
+        (
+            {"detections": [{"label": "fox", "group": "animal", "score": 0.5, "box": [0.1, 0.2]}]},
+            "detections.0.box",
+        ),
     ],
 )
-def test_schema_problem_rejects_the_item_with_the_field_in_the_reason(server, station_token, change, field):
+def test_schema_problem_rejects_the_item_with_the_field_in_the_reason(
+    server, station_token, change, field
+):
     token = station_token(server, "st-1")
     entry, data = item("c1", jpeg(1))
     entry.update(change)
     result = upload(server.url, token, "st-1", [(entry, data)]).json()["results"][0]
     assert result["status"] == "rejected"
     assert result["reason"].startswith(field), result["reason"]
+
+
+def test_unknown_item_fields_are_kept_in_meta(server, station_token):
+    token = station_token(server, "st-1")
+    entry, data = item("c1", jpeg(1))
+    entry["priority"] = 7
+    assert statuses(upload(server.url, token, "st-1", [(entry, data)])) == ["stored"]
+    assert server.service.db.get_capture("st-1", "c1").meta == {
+        "firmware": "0.3.1",
+        "_extra": {"priority": 7},
+    }
 
 
 def test_missing_image_part_is_rejected(server, station_token):
@@ -149,7 +172,9 @@ def test_missing_image_part_is_rejected(server, station_token):
     "capture_id",
     ["../../etc/passwd", "/abs", "..", "x';DROP TABLE captures;--", "a b", "", "x" * 200, "é"],
 )
-def test_hostile_capture_ids_are_rejected_and_nothing_is_written(server, station_token, capture_id, tmp_path):
+def test_hostile_capture_ids_are_rejected_and_nothing_is_written(
+    server, station_token, capture_id, tmp_path
+):
     token = station_token(server, "st-1")
     response = upload(server.url, token, "st-1", [item(capture_id, jpeg(1), part="img0")])
     assert statuses(response) == ["rejected"]
@@ -162,7 +187,9 @@ def test_odd_but_valid_ids_are_stored_inside_the_store(server, station_token, ad
     token, admin = station_token(server, "st-1"), admin_token(server)
     for capture_id in ("a..b", "x:1.jpg", "A-_.:9"):
         data = jpeg(len(capture_id))
-        assert statuses(upload(server.url, token, "st-1", [item(capture_id, data, part="p")])) == ["stored"]
+        assert statuses(upload(server.url, token, "st-1", [item(capture_id, data, part="p")])) == [
+            "stored"
+        ]
         image = requests.get(
             f"{server.url}/v1/captures/st-1/{capture_id}/image", headers=auth(admin), timeout=30
         )
@@ -175,7 +202,9 @@ def test_sql_in_operator_filters_is_data_not_sql(server, station_token, admin_to
     token, admin = station_token(server, "st-1"), admin_token(server)
     statuses(upload(server.url, token, "st-1", [item("c1", jpeg(1))]))
     for params in ({"label": "x' OR '1'='1"}, {"station_id": "st-1' OR 1=1 --"}):
-        listed = requests.get(f"{server.url}/v1/captures", params=params, headers=auth(admin), timeout=30)
+        listed = requests.get(
+            f"{server.url}/v1/captures", params=params, headers=auth(admin), timeout=30
+        )
         assert listed.status_code == 200 and listed.json()["count"] == 0
     assert len(server.service.db.query_captures()) == 1
 
@@ -203,7 +232,10 @@ def test_manifest_items_not_a_list_is_400(server, station_token):
 def test_json_body_instead_of_multipart_is_400(server, station_token):
     token = station_token(server, "st-1")
     response = requests.post(
-        f"{server.url}/v1/captures/batch", json={"station_id": "st-1", "items": []}, headers=auth(token), timeout=30
+        f"{server.url}/v1/captures/batch",
+        json={"station_id": "st-1", "items": []},
+        headers=auth(token),
+        timeout=30,
     )
     assert response.status_code == 400 and "multipart" in response.json()["detail"]
 

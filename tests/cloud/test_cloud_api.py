@@ -35,9 +35,13 @@ def test_ping_needs_no_token(server):
 
 def test_heartbeat_shows_in_the_operator_station_list(server, station_token, admin_token):
     token, admin = station_token(server, "st-1"), admin_token(server)
-    response = requests.post(f"{server.url}/v1/heartbeat", json=HEARTBEAT, headers=auth(token), timeout=30)
+    response = requests.post(
+        f"{server.url}/v1/heartbeat", json=HEARTBEAT, headers=auth(token), timeout=30
+    )
     assert response.status_code == 200 and response.json()["ok"] is True
-    stations = requests.get(f"{server.url}/v1/stations", headers=auth(admin), timeout=30).json()["stations"]
+    stations = requests.get(f"{server.url}/v1/stations", headers=auth(admin), timeout=30).json()[
+        "stations"
+    ]
     assert [s["station_id"] for s in stations] == ["st-1"]
     last = stations[0]["last_heartbeat"]
     assert last["queue"]["depth"] == 12 and last["units_seen"] == ["unit-a", "unit-b"]
@@ -47,14 +51,18 @@ def test_heartbeat_shows_in_the_operator_station_list(server, station_token, adm
 def test_heartbeat_with_wrong_types_is_400_with_the_field(server, station_token):
     token = station_token(server, "st-1")
     bad = {**HEARTBEAT, "queue": {"depth": "many", "bytes": 1}}
-    response = requests.post(f"{server.url}/v1/heartbeat", json=bad, headers=auth(token), timeout=30)
+    response = requests.post(
+        f"{server.url}/v1/heartbeat", json=bad, headers=auth(token), timeout=30
+    )
     assert response.status_code == 400 and "queue.depth" in response.json()["detail"]
 
 
 def test_config_admin_token_opens_operator_routes(make_live):
     server = make_live()
     server.config.auth.admin_token = "operator-secret-from-config"
-    response = requests.get(f"{server.url}/v1/stations", headers=auth("operator-secret-from-config"), timeout=30)
+    response = requests.get(
+        f"{server.url}/v1/stations", headers=auth("operator-secret-from-config"), timeout=30
+    )
     assert response.status_code == 200
 
 
@@ -87,14 +95,18 @@ def test_manifest_etag_answers_304_until_a_new_publish(server, station_token, pu
     first = requests.get(f"{server.url}/v1/models/manifest", headers=auth(token), timeout=30)
     etag = first.headers["etag"]
     again = requests.get(
-        f"{server.url}/v1/models/manifest", headers={**auth(token), "If-None-Match": etag}, timeout=30
+        f"{server.url}/v1/models/manifest",
+        headers={**auth(token), "If-None-Match": etag},
+        timeout=30,
     )
     assert again.status_code == 304 and again.content == b""
     newer = tmp_path / "det2.tar"
     newer.write_bytes(b"v2")
     publish_model(server.service.db, server.service.store, newer, "wildcam-det", "1.3.0")
     changed = requests.get(
-        f"{server.url}/v1/models/manifest", headers={**auth(token), "If-None-Match": etag}, timeout=30
+        f"{server.url}/v1/models/manifest",
+        headers={**auth(token), "If-None-Match": etag},
+        timeout=30,
     )
     assert changed.status_code == 200 and len(changed.json()["models"]) == 2
 
@@ -111,7 +123,9 @@ def test_artifact_whole_and_ranges(server, station_token, published):
     assert part.headers["content-range"] == f"bytes 100-199/{len(data)}"
     tail = requests.get(url, headers={**auth(token), "Range": "bytes=-10"}, timeout=30)
     assert tail.status_code == 206 and tail.content == data[-10:]
-    rest = requests.get(url, headers={**auth(token), "Range": f"bytes={len(data) - 5}-"}, timeout=30)
+    rest = requests.get(
+        url, headers={**auth(token), "Range": f"bytes={len(data) - 5}-"}, timeout=30
+    )
     assert rest.content == data[-5:]
 
 
@@ -129,7 +143,9 @@ def test_artifact_range_past_the_end_is_416(server, station_token, published):
 
 def test_unknown_artifact_is_404(server, station_token, published):
     token = station_token(server, "st-1")
-    response = requests.get(f"{server.url}/v1/models/wildcam-det/9.9/artifact", headers=auth(token), timeout=30)
+    response = requests.get(
+        f"{server.url}/v1/models/wildcam-det/9.9/artifact", headers=auth(token), timeout=30
+    )
     assert response.status_code == 404
 
 

@@ -59,7 +59,10 @@ def test_revoked_station_gets_401(service):
     token = service.add_station("st-revoke")
     assert "revoked" in service.cli("stations", "revoke", "st-revoke")
     response = requests.post(
-        f"{service.url}/v1/heartbeat", json={"station_id": "st-revoke", "time": 1.0}, headers=auth(token), timeout=30
+        f"{service.url}/v1/heartbeat",
+        json={"station_id": "st-revoke", "time": 1.0},
+        headers=auth(token),
+        timeout=30,
     )
     assert response.status_code == 401
 
@@ -79,7 +82,9 @@ def test_models_publish_then_list_and_serve(service, tmp_path):
     assert out.startswith("published det 2.0 (1100 bytes, sha256 ")
     assert "det" in service.cli("models", "list")
     token = service.add_station("st-models")
-    served = requests.get(f"{service.url}/v1/models/det/2.0/artifact", headers=auth(token), timeout=30)
+    served = requests.get(
+        f"{service.url}/v1/models/det/2.0/artifact", headers=auth(token), timeout=30
+    )
     assert served.content == package.read_bytes()
 
 

@@ -38,7 +38,9 @@ def test_s3_without_bucket_is_refused():
         load_config(env={"FIELDSTATION_CLOUD_STORAGE_BACKEND": "s3"})
 
 
-@pytest.mark.parametrize(("text", "expected"), [("127.0.0.1:8780", ("127.0.0.1", 8780)), ("[::1]:9", ("::1", 9))])
+@pytest.mark.parametrize(
+    ("text", "expected"), [("127.0.0.1:8780", ("127.0.0.1", 8780)), ("[::1]:9", ("::1", 9))]
+)
 def test_listen_parsing(text, expected):
     assert parse_listen(text) == expected
 

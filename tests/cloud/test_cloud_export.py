@@ -14,8 +14,22 @@ from cloud_helpers import item, jpeg, statuses, upload
 from cloud.export.camtrap import SCHEMA_DIR
 from cloud.testing import run_cli
 
-BOXLESS = {"label": "Vulpes vulpes", "group": "animal", "score": 0.8, "box": None, "model": "cls", "model_version": "3"}
-PERSON = {"label": "person", "group": "person", "score": 0.95, "box": [0.5, 0.5, 0.6, 0.6], "model": "det", "model_version": "1"}
+BOXLESS = {
+    "label": "Vulpes vulpes",
+    "group": "animal",
+    "score": 0.8,
+    "box": None,
+    "model": "cls",
+    "model_version": "3",
+}
+PERSON = {
+    "label": "person",
+    "group": "person",
+    "score": 0.95,
+    "box": [0.5, 0.5, 0.6, 0.6],
+    "model": "det",
+    "model_version": "1",
+}
 
 
 @pytest.fixture
@@ -25,10 +39,31 @@ def stored(make_live, station_token):
     token = station_token(server, "st-1", location=(52.1, 5.2))
     original = jpeg(2, (320, 240))
     entries = [
-        item("c-fox", jpeg(1), captured_at=1_700_000_000.0, detections=[*item("x", b"")[0]["detections"], BOXLESS]),
-        item("c-thumb", original, variant="thumbnail", sent=jpeg(3, (32, 24)), captured_at=1_700_000_100.0),
-        item("c-person", jpeg(4), unit_id="unit-b", captured_at=1_700_000_200.0, detections=[PERSON]),
-        item("c-empty", jpeg(5), variant="none", empty=True, detections=[], captured_at=None, trigger="timer"),
+        item(
+            "c-fox",
+            jpeg(1),
+            captured_at=1_700_000_000.0,
+            detections=[*item("x", b"")[0]["detections"], BOXLESS],
+        ),
+        item(
+            "c-thumb",
+            original,
+            variant="thumbnail",
+            sent=jpeg(3, (32, 24)),
+            captured_at=1_700_000_100.0,
+        ),
+        item(
+            "c-person", jpeg(4), unit_id="unit-b", captured_at=1_700_000_200.0, detections=[PERSON]
+        ),
+        item(
+            "c-empty",
+            jpeg(5),
+            variant="none",
+            empty=True,
+            detections=[],
+            captured_at=None,
+            trigger="timer",
+        ),
         item("c-unknown", jpeg(6), empty=None, detections=[], captured_at=1_700_000_300.0),
     ]
     assert statuses(upload(server.url, token, "st-1", entries)) == ["stored"] * 5
@@ -54,7 +89,9 @@ def test_camtrap_dp_export_validates_with_frictionless(stored, tmp_path):
 
     out = tmp_path / "camtrap"
     printed = run_cli("export", "camtrap-dp", str(out), data_dir=stored.config.server.data_dir)
-    assert printed.strip() == f"wrote {out}/datapackage.json: 2 deployments, 4 media, 6 observations"
+    assert (
+        printed.strip() == f"wrote {out}/datapackage.json: 2 deployments, 4 media, 6 observations"
+    )
     report = frictionless.validate(local_copy(out, tmp_path) / "datapackage.json")
     assert report.valid, report.flatten(["rowNumber", "fieldName", "type", "note"])
 
@@ -72,7 +109,10 @@ def test_camtrap_dp_descriptor_follows_the_profile(stored, tmp_path):
     camtrap_part["properties"]["spatial"].pop("$ref")
     camtrap_part["$defs"] = profile.get("$defs", {})
     jsonschema.validate(descriptor, camtrap_part)
-    assert descriptor["profile"] == "https://raw.githubusercontent.com/tdwg/camtrap-dp/1.0/camtrap-dp-profile.json"
+    assert (
+        descriptor["profile"]
+        == "https://raw.githubusercontent.com/tdwg/camtrap-dp/1.0/camtrap-dp-profile.json"
+    )
     assert descriptor["taxonomic"] == [{"scientificName": "Vulpes vulpes"}]
     assert descriptor["temporal"]["start"] <= descriptor["temporal"]["end"]
 
@@ -85,12 +125,20 @@ def test_camtrap_dp_observations_carry_machine_classifications_and_boxes(stored,
     assert fox["observationType"] == "animal" and fox["scientificName"] == "Vulpes vulpes"
     assert fox["classificationMethod"] == "machine" and fox["classifiedBy"] == "wildcam-det 1.2.0"
     assert float(fox["classificationProbability"]) == pytest.approx(0.91)
-    assert [float(fox[k]) for k in ("bboxX", "bboxY", "bboxWidth", "bboxHeight")] == [0.1, 0.2, 0.3, 0.4]
+    assert [float(fox[k]) for k in ("bboxX", "bboxY", "bboxWidth", "bboxHeight")] == [
+        0.1,
+        0.2,
+        0.3,
+        0.4,
+    ]
     assert rows["st-1:c-person:0"]["observationType"] == "human"
     # The box [0.5, 0.5, 0.6, 0.6] runs off the image: clipped to stay inside.
     assert float(rows["st-1:c-person:0"]["bboxWidth"]) == pytest.approx(0.5)
     assert rows["st-1:c-empty:0"]["observationType"] == "blank"
-    assert rows["st-1:c-empty:0"]["observationLevel"] == "event" and rows["st-1:c-empty:0"]["mediaID"] == ""
+    assert (
+        rows["st-1:c-empty:0"]["observationLevel"] == "event"
+        and rows["st-1:c-empty:0"]["mediaID"] == ""
+    )
     assert rows["st-1:c-unknown:0"]["observationType"] == "unclassified"
 
 
@@ -99,13 +147,20 @@ def test_camtrap_dp_export_refuses_stations_without_location(make_live, station_
     token = station_token(server, "st-nowhere")
     statuses(upload(server.url, token, "st-nowhere", [item("c1", jpeg(1))]))
     with pytest.raises(RuntimeError, match="stations locate st-nowhere LAT LON"):
-        run_cli("export", "camtrap-dp", str(tmp_path / "out"), data_dir=server.config.server.data_dir)
+        run_cli(
+            "export", "camtrap-dp", str(tmp_path / "out"), data_dir=server.config.server.data_dir
+        )
 
 
 def test_camtrap_dp_since_filters_and_images_are_copied(stored, tmp_path):
     out = tmp_path / "camtrap"
     run_cli(
-        "export", "camtrap-dp", str(out), "--since", "2023-11-14T22:15:00Z", "--images",
+        "export",
+        "camtrap-dp",
+        str(out),
+        "--since",
+        "2023-11-14T22:15:00Z",
+        "--images",
         data_dir=stored.config.server.data_dir,
     )
     media = list(csv.DictReader((out / "media.csv").open()))
@@ -116,7 +171,9 @@ def test_camtrap_dp_since_filters_and_images_are_copied(stored, tmp_path):
 
 def test_megadetector_export(stored, tmp_path):
     out = tmp_path / "md" / "results.json"
-    printed = run_cli("export", "megadetector", str(out), "--images", data_dir=stored.config.server.data_dir)
+    printed = run_cli(
+        "export", "megadetector", str(out), "--images", data_dir=stored.config.server.data_dir
+    )
     assert printed.strip() == f"wrote {out}: 5 images, 3 detections"
     document = json.loads(out.read_text())
     assert document["info"]["format_version"] == "1.4"

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-from schemathesis.generation.modes import GenerationMode
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
+from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -22,8 +22,9 @@ from cloud.auth import issue_token
 
 @pytest.fixture(scope="module")
 def fuzzed_server(tmp_path_factory):
-    from cloud.config import CloudConfig
     from cloud_services import LiveServer
+
+    from cloud.config import CloudConfig
 
     config = CloudConfig()
     config.server.data_dir = str(tmp_path_factory.mktemp("fuzz"))
@@ -70,11 +71,21 @@ CHECKS = [
 ]
 
 
-OPERATOR_ROUTES = {"GET /v1/captures", "GET /v1/stations", "GET /v1/captures/{station_id}/{capture_id}/image"}
+OPERATOR_ROUTES = {
+    "GET /v1/captures",
+    "GET /v1/stations",
+    "GET /v1/captures/{station_id}/{capture_id}/image",
+}
 
 
 # Operations with inputs also get invalid ones (the others have nothing to break).
-NO_INPUTS = {"GET /v1/ping", "GET /healthz", "GET /readyz", "GET /v1/stations", "GET /v1/models/manifest"}
+NO_INPUTS = {
+    "GET /v1/ping",
+    "GET /healthz",
+    "GET /readyz",
+    "GET /v1/stations",
+    "GET /v1/models/manifest",
+}
 CASES = [(name, GenerationMode.POSITIVE) for name in OPERATIONS] + [
     (name, GenerationMode.NEGATIVE) for name in OPERATIONS if name not in NO_INPUTS
 ]

@@ -30,7 +30,9 @@ def test_stored_image_bytes_come_back_unchanged(live, station_token, admin_token
     token, admin = station_token(live, "st-1"), admin_token(live)
     full = jpeg(5, (640, 480))
     statuses(upload(live.url, token, "st-1", [item("cap-1", full)]))
-    image = requests.get(f"{live.url}/v1/captures/st-1/cap-1/image", headers=auth(admin), timeout=30)
+    image = requests.get(
+        f"{live.url}/v1/captures/st-1/cap-1/image", headers=auth(admin), timeout=30
+    )
     assert image.status_code == 200
     assert image.content == full
     assert image.headers["etag"] == f'"{sha(full)}"'
@@ -53,7 +55,9 @@ def test_same_id_with_other_bytes_is_conflict_and_keeps_the_first(live, station_
     response = upload(live.url, token, "st-1", [item("cap-1", other)])
     assert statuses(response) == ["conflict"]
     assert sha(first) in response.json()["results"][0]["reason"]
-    image = requests.get(f"{live.url}/v1/captures/st-1/cap-1/image", headers=auth(admin), timeout=30)
+    image = requests.get(
+        f"{live.url}/v1/captures/st-1/cap-1/image", headers=auth(admin), timeout=30
+    )
     assert image.content == first
 
 
@@ -68,7 +72,9 @@ def test_full_image_after_thumbnail_upgrades_the_stored_variant(live, station_to
         "status": "duplicate",
         "reason": "image upgraded from 'thumbnail' to 'full'",
     }
-    image = requests.get(f"{live.url}/v1/captures/st-1/cap-1/image", headers=auth(admin), timeout=30)
+    image = requests.get(
+        f"{live.url}/v1/captures/st-1/cap-1/image", headers=auth(admin), timeout=30
+    )
     assert image.content == original and image.headers["x-capture-variant"] == "full"
 
 
@@ -134,7 +140,16 @@ def test_operator_lists_captures_by_station_time_and_label(live, station_token, 
         "cap-car",
         jpeg(19),
         captured_at=1_700_000_200.0,
-        detections=[{"label": "car", "group": "vehicle", "score": 0.7, "box": None, "model": "m", "model_version": "1"}],
+        detections=[
+            {
+                "label": "car",
+                "group": "vehicle",
+                "score": 0.7,
+                "box": None,
+                "model": "m",
+                "model_version": "1",
+            }
+        ],
     )
     statuses(upload(live.url, token, "st-1", [fox, car]))
     listed = requests.get(

@@ -30,8 +30,12 @@ config_fields = st.fixed_dictionaries(
     }
 )
 messages = st.one_of(
-    st.builds(p.Hello, unit_ids, text, text, st.binary(min_size=6, max_size=6).map(p._mac_text), u8),
-    st.builds(p.Telemetry, unit_ids, u16, st.integers(-32768, 32767), st.integers(-128, 127), u32, u16),
+    st.builds(
+        p.Hello, unit_ids, text, text, st.binary(min_size=6, max_size=6).map(p._mac_text), u8
+    ),
+    st.builds(
+        p.Telemetry, unit_ids, u16, st.integers(-32768, 32767), st.integers(-128, 127), u32, u16
+    ),
     config_fields.map(lambda f: p.Config(**f)),
     st.builds(lambda u, f: p.ConfigReport(u, **f), unit_ids, config_fields),
     st.builds(
@@ -81,7 +85,9 @@ def test_stream_vector_gives_the_same_frames_in_c():
     stream = bytes.fromhex(doc["stream_hex"])
     dec = CStreamDecoder()
     got = [f for b in stream for f in dec.feed(bytes([b]))]  # one byte at a time
-    assert [(p.FrameType(t).name, s) for t, s, _ in got] == [(f["type"], f["seq"]) for f in doc["frames"]]
+    assert [(p.FrameType(t).name, s) for t, s, _ in got] == [
+        (f["type"], f["seq"]) for f in doc["frames"]
+    ]
     assert dec.crc_errors >= 1 and dec.noise_bytes > 0
 
 
@@ -119,7 +125,12 @@ def test_c_and_python_agree_on_damaged_frames(msg, seq, data):
 
 
 @settings(max_examples=120, deadline=None)
-@given(st.lists(st.one_of(messages.map(lambda m: p.encode_frame(m, 7)), st.binary(max_size=30)), max_size=8), st.data())
+@given(
+    st.lists(
+        st.one_of(messages.map(lambda m: p.encode_frame(m, 7)), st.binary(max_size=30)), max_size=8
+    ),
+    st.data(),
+)
 def test_c_stream_decoder_finds_what_python_finds(pieces, data):
     stream = b"".join(pieces)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))

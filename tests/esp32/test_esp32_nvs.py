@@ -109,8 +109,13 @@ def test_verify_image_notices_a_value_that_does_not_read_back():
     ],
 )
 def test_settings_too_long_or_out_of_range_name_the_key(field, value, key):
-    base = {"unit_id": "cam-01", "station_id": "ridge", "wifi_ssid": "net", "wifi_password": "password1",
-            "mqtt_uri": "mqtt://10.0.0.1"}
+    base = {
+        "unit_id": "cam-01",
+        "station_id": "ridge",
+        "wifi_ssid": "net",
+        "wifi_password": "password1",
+        "mqtt_uri": "mqtt://10.0.0.1",
+    }
     base[field] = value
     with pytest.raises(ConfigureError, match=key):
         UnitSettings(transport="mqtt", **base).nvs_values()

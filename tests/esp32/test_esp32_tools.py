@@ -162,21 +162,44 @@ def test_configure_a_unit_whose_partition_table_is_damaged_is_refused(build_s3, 
 
 def test_configure_writes_nvs_at_the_offset_from_the_units_table(build_s3, board):
     flash(board.port, build_s3, say=lambda s: None)
-    result = configure(UnitSettings("cam-01", quiet=(1200, 360), tz_offset_min=-300), board.port,
-                       say=lambda s: None)
+    result = configure(
+        UnitSettings("cam-01", quiet=(1200, 360), tz_offset_min=-300),
+        board.port,
+        say=lambda s: None,
+    )
     assert result.offset == 0x9000
     got = read_unit_settings(board.path.read_bytes())
     assert got["unit_id"] == NvsValue("string", "cam-01")
-    assert got["quiet_start"] == NvsValue("u16", 1200) and got["tz_offset_min"] == NvsValue("i16", -300)
+    assert got["quiet_start"] == NvsValue("u16", 1200) and got["tz_offset_min"] == NvsValue(
+        "i16", -300
+    )
 
 
 def test_configure_dry_run_writes_an_image_that_reads_back(tmp_path, capsys):
     pw = tmp_path / "wifi.txt"
     pw.write_text("correct horse battery\n")
     out = tmp_path / "out"
-    rc = fieldstation(["esp32", "configure", "--unit-id", "cam-02", "--wifi-ssid", "FieldNet",
-                       "--wifi-password-file", str(pw), "--mqtt-uri", "mqtt://192.168.4.1:1883",
-                       "--station", "ridge", "--quiet", "20:00-06:00", "--dry-run", "--out", str(out)])
+    rc = fieldstation(
+        [
+            "esp32",
+            "configure",
+            "--unit-id",
+            "cam-02",
+            "--wifi-ssid",
+            "FieldNet",
+            "--wifi-password-file",
+            str(pw),
+            "--mqtt-uri",
+            "mqtt://192.168.4.1:1883",
+            "--station",
+            "ridge",
+            "--quiet",
+            "20:00-06:00",
+            "--dry-run",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     manifest = json.loads((out / "nvs-cam-02.json").read_text())
     assert manifest["nvs_offset"] == "0x9000"
@@ -187,15 +210,37 @@ def test_configure_dry_run_writes_an_image_that_reads_back(tmp_path, capsys):
 
 def test_configure_with_a_too_long_ssid_writes_nothing(tmp_path, capsys):
     out = tmp_path / "out"
-    rc = fieldstation(["esp32", "configure", "--unit-id", "cam-03", "--wifi-ssid", "s" * 40,
-                       "--dry-run", "--out", str(out)])
+    rc = fieldstation(
+        [
+            "esp32",
+            "configure",
+            "--unit-id",
+            "cam-03",
+            "--wifi-ssid",
+            "s" * 40,
+            "--dry-run",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 2 and "wifi_ssid is 40 bytes" in capsys.readouterr().err
     assert not out.exists()
 
 
 def test_configure_with_an_unreadable_password_file_says_so(tmp_path, capsys):
-    rc = fieldstation(["esp32", "configure", "--unit-id", "cam-04", "--wifi-password-file",
-                       str(tmp_path / "missing"), "--dry-run", "--out", str(tmp_path)])
+    rc = fieldstation(
+        [
+            "esp32",
+            "configure",
+            "--unit-id",
+            "cam-04",
+            "--wifi-password-file",
+            str(tmp_path / "missing"),
+            "--dry-run",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc == 2 and "cannot read --wifi-password-file" in capsys.readouterr().err
 
 
@@ -218,7 +263,9 @@ def test_monitor_splits_log_lines_from_frames():
 
 
 def test_monitor_on_a_missing_port_says_no_device(capsys):
-    assert fieldstation(["esp32", "monitor", "--port", "/dev/ttyUSB-none", "--duration", "0.1"]) == 2
+    assert (
+        fieldstation(["esp32", "monitor", "--port", "/dev/ttyUSB-none", "--duration", "0.1"]) == 2
+    )
     assert "no device at" in capsys.readouterr().err
 
 

@@ -75,7 +75,7 @@ def new_station(tmp_path: Path, links: dict[str, Cloud]) -> Iterator[Callable[..
         store = Store(tmp_path / f"{station_id}.sqlite3")
         metrics = Metrics()
         station = Station(
-            station_id, store, metrics, Uploader(store, config, metrics), tokens, text
+            station_id, store, metrics, Uploader(store, config, metrics), tokens, text, config
         )
         made.append(station)
         return station

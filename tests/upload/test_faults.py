@@ -109,22 +109,13 @@ def test_429_with_retry_after_is_honoured_in_place(new_station, links):
 
 def test_every_link_cut_then_restored_logs_once_each_way(new_station, links, caplog):
     caplog.set_level(logging.INFO, logger="agent.upload")
-    station = new_station(primary="azure")
+    station = new_station(primary="azure", attempts=2, endpoint_read_timeout_s=0.5)
     add_captures(station.store, 24, kinds=["animal", "person", "empty"])
     for cloud in links.values():
         cloud.proxy.set("blackhole")
     station.start()
     wait_for(lambda: station.uploader.status()["state"] == "offline", what="offline")
-    wait_for(
-        lambda: (
-            station.metrics.registry.get_sample_value(
-                "fieldstation_upload_requests_total",
-                {"endpoint": "azure", "kind": "ping", "result": "error"},
-            )
-            or 0 >= 2
-        ),
-        what="probes while offline",
-    )
+    wait_for(lambda: _probes(station, "azure") >= 2, what="probes while offline")
     for cloud in links.values():
         cloud.proxy.set("pass")
     wait_for(lambda: station.pending_or_doubt() == 0, what="drained after restore")
@@ -134,3 +125,11 @@ def test_every_link_cut_then_restored_logs_once_each_way(new_station, links, cap
     up = [r for r in caplog.records if r.getMessage().startswith("link up")]
     assert len(down) == 1 and len(up) == 1, [r.getMessage() for r in down + up]
     assert "backlog 24 captures" in down[0].getMessage()
+
+
+def _probes(station, endpoint: str) -> float:
+    value = station.metrics.registry.get_sample_value(
+        "fieldstation_upload_requests_total",
+        {"endpoint": endpoint, "kind": "ping", "result": "error"},
+    )
+    return value or 0.0

@@ -88,6 +88,7 @@ class Station:
     uploader: Uploader
     tokens: dict[str, str]
     config_text: str
+    uploader_config: Any
     thread: threading.Thread | None = None
     stop_event: threading.Event = field(default_factory=threading.Event)
 
@@ -139,6 +140,9 @@ class Station:
 def upload_toml(
     station_id: str, tokens: dict[str, str], urls: dict[str, str], **upload: Any
 ) -> str:
+    endpoint = {"connect_timeout_s": 1.0, "read_timeout_s": 2.0}
+    for key in [k for k in upload if k.startswith("endpoint_")]:
+        endpoint[key.removeprefix("endpoint_")] = upload.pop(key)
     settings = {
         "batch_max_items": 8,
         "retry_initial_s": 0.05,
@@ -166,8 +170,7 @@ def upload_toml(
             f'url = "{urls[name]}"',
             f"weight = {WEIGHTS[name]}",
             f'token = "{tokens[name]}"',
-            "connect_timeout_s = 1.0",
-            "read_timeout_s = 2.0",
+            *(f"{k} = {v}" for k, v in endpoint.items()),
         ]
     return "\n".join(lines) + "\n"
 

@@ -7,6 +7,9 @@
 #define BUSY_BACKOFF_MS 3000u
 #define STORAGE_ERROR_BACKOFF_MS 10000u
 #define STORAGE_FULL_BACKOFF_S 60u /* PROTOCOL.md §3: back off at least 60 s */
+/* before resending after a NAK: the station may NAK every chunk of a capture it lost the BEGIN of;
+ * NAKs for the same capture that arrive in this window are the same answer, not new ones */
+#define RESEND_BACKOFF_MS 250u
 
 #define UL(x) ((unsigned long)(x))
 
@@ -211,7 +214,7 @@ static void schedule_sleep(wc_unit_t *u) {
 static void on_nak(wc_unit_t *u, uint32_t id, uint8_t reason) {
     u->stats.naks++;
     if (u->state != WC_ST_AWAIT_ACK || id != u->cur.capture_id) {
-        logf_(u, WC_LOG_WARN, "NAK %u for capture %lu not in flight, ignored", (unsigned)reason, UL(id));
+        logf_(u, WC_LOG_INFO, "NAK %u for capture %lu not in flight, ignored", (unsigned)reason, UL(id));
         return;
     }
     switch (reason) {
@@ -242,7 +245,7 @@ static void on_nak(wc_unit_t *u, uint32_t id, uint8_t reason) {
         break;
     default: /* crc_mismatch, timeout, malformed, unknown_capture: resend the whole capture */
         u->state = WC_ST_BACKOFF;
-        u->deadline_ms = now(u);
+        u->deadline_ms = now(u) + RESEND_BACKOFF_MS;
         break;
     }
     u->last_activity_ms = now(u);

@@ -626,6 +626,10 @@ static void test_nak_crc_resends_whole_capture(void) {
     if (!u) { CHECK(0); return; }
     wc_unit_wake(u, WC_WAKE_PIR);
     nak(u, 0, WC_NAK_CRC_MISMATCH);
+    nak(u, 0, WC_NAK_UNKNOWN_CAPTURE); /* the same answer for another chunk: not a second resend */
+    wc_unit_poll(u, &a);
+    CHECK(a.kind == WC_ACT_WAIT && count_sent(WC_CAPTURE_BEGIN) == 1);
+    g_fake.t += 250;
     wc_unit_poll(u, &a);
     CHECK(count_sent(WC_CAPTURE_BEGIN) == 2 && count_sent(WC_CAPTURE_CHUNK) == 2);
     CHECK(f_count(&g_fake) == 1); /* kept until ACK */

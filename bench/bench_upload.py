@@ -1,0 +1,249 @@
+"""Upload benchmark: drain a backlog to one local `fieldstation-cloud serve`, against raw POSTs.
+
+    python bench/bench_upload.py                 # 10,000 captures of 50 KiB
+    python bench/bench_upload.py --captures 1000 # a quick run
+
+Raw baseline: the same batches, encoded before the clock starts, POSTed back-to-back with one
+`requests.Session` to the same server in the same run (a second station id, so the server does the
+same work). Prints drain rates and their ratio (goal >= 0.8), socket bytes per payload byte (goal
+<= 1.05 for full images), and the station's CPU seconds per 1,000 captures uploaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agent.config import parse_config  # noqa: E402
+from agent.metrics import Metrics  # noqa: E402
+from agent.store import Store  # noqa: E402
+from agent.upload import ledger  # noqa: E402
+from agent.upload.batch import build_item, encode  # noqa: E402
+from agent.upload.worker import Uploader  # noqa: E402
+from cloud.testing import CloudService  # noqa: E402
+
+
+class SocketBytes:
+    """Counts bytes through every socket of this process (request and answer, no TCP/IP headers)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.received = 0
+        self._orig = {}
+
+    def install(self) -> None:
+        counter = self
+        cls = socket.socket
+        for name in ("send", "sendall", "recv_into", "recv"):
+            self._orig[name] = getattr(cls, name)
+        orig = self._orig
+
+        def send(sock, data, *a):
+            n = orig["send"](sock, data, *a)
+            counter.sent += n
+            return n
+
+        def sendall(sock, data, *a):
+            counter.sent += len(data)
+            return orig["sendall"](sock, data, *a)
+
+        def recv_into(sock, buf, *a):
+            n = orig["recv_into"](sock, buf, *a)
+            counter.received += n
+            return n
+
+        def recv(sock, *a):
+            data = orig["recv"](sock, *a)
+            counter.received += len(data)
+            return data
+
+        cls.send, cls.sendall, cls.recv_into, cls.recv = send, sendall, recv_into, recv
+
+    def reset(self) -> tuple[int, int]:
+        out = (self.sent, self.received)
+        self.sent = self.received = 0
+        return out
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def fill_buffer(store: Store, n: int, size: int, unit: str) -> int:
+    """n captures of `size` bytes (JPEG magic + random bytes), in one transaction (setup only)."""
+    payload = 0
+    now = time.time()
+    with store.transaction() as conn:
+        for i in range(n):
+            jpeg = b"\xff\xd8\xff\xe0" + os.urandom(size - 4)
+            sha = hashlib.sha256(jpeg).hexdigest()
+            cid = f"{unit}-{i}-{sha[:12]}"
+            conn.execute(
+                """INSERT INTO captures (id, unit_id, unit_ref, path, sha256, size, received_at,
+                       unit_time, unit_time_kind, captured_at, trigger, meta, state_changed_at)
+                   VALUES (?, ?, ?, 'serial', ?, ?, ?, ?, 'epoch_s', ?, 'pir', '{}', ?)""",
+                (cid, unit, str(i), sha, size, now + i, int(now) + i, now + i, now),
+            )
+            conn.execute(
+                "INSERT INTO images (capture_id, variant, bytes, jpeg) VALUES (?, 'original', ?, ?)",
+                (cid, size, jpeg),
+            )
+            payload += size
+    return payload
+
+
+def raw_batches(store: Store, station_id: str, batch: int) -> list[tuple[bytes, str]]:
+    """The same captures as ready multipart bodies: all the client work done before timing."""
+    with store.read() as conn:
+        rows = ledger.candidates(
+            conn, "x", ["x"], ("received",), thumbnails_first=False, empty_full=True, limit=10**9
+        )
+    out = []
+    for i in range(0, len(rows), batch):
+        items = [
+            build_item(
+                r, [], store.read_image, empty_policy="full", thumbnails_first=False, thumbnail_px=1
+            )
+            for r in rows[i : i + batch]
+        ]
+        out.append(encode(station_id, items))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--captures", type=int, default=10_000)
+    ap.add_argument("--size", type=int, default=50 * 1024, help="bytes per capture")
+    ap.add_argument("--batch", type=int, default=50, help="captures per batch (both sides)")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-upload-"))
+    env = {"FIELDSTATION_CLOUD_LIMITS_RATE_LIMIT_PER_MINUTE": "0"}
+    counter = SocketBytes()
+    with CloudService.start(work / "cloud", env=env) as cloud:
+        raw_token = cloud.add_station("bench-raw")
+        token = cloud.add_station("bench-station")
+
+        raw_store = Store(work / "raw.sqlite3", check_on_start=False)
+        fill_buffer(raw_store, args.captures, args.size, "raw")
+        bodies = raw_batches(raw_store, "bench-raw", args.batch)
+        store = Store(work / "station.sqlite3", check_on_start=False)
+        payload = fill_buffer(store, args.captures, args.size, "cam")
+        config = parse_config(
+            f"""
+[station]
+id = "bench-station"
+[inference]
+enabled = false
+[upload]
+batch_max_items = {args.batch}
+batch_max_bytes = {args.batch * (args.size + 4096)}
+heartbeat_interval_s = 0
+idle_poll_s = 0.05
+[[upload.endpoints]]
+name = "local"
+url = "{cloud.url}"
+token = "{token}"
+""",
+            "<bench>",
+        )
+        counter.install()
+
+        # raw: requests.Session POSTs of the same bytes
+        session = requests.Session()
+        headers = {"Authorization": f"Bearer {raw_token}"}
+        counter.reset()
+        cpu0, t0 = cpu_seconds(), time.perf_counter()
+        for body, content_type in bodies:
+            r = session.post(
+                cloud.url + "/v1/captures/batch",
+                data=body,
+                headers={**headers, "Content-Type": content_type},
+                timeout=120,
+            )
+            r.raise_for_status()
+        raw_s = time.perf_counter() - t0
+        raw_cpu = cpu_seconds() - cpu0
+        raw_sent, raw_recv = counter.reset()
+
+        # the uploader draining the buffer
+        uploader = Uploader(store, config, Metrics())
+        stop = threading.Event()
+        thread = threading.Thread(target=uploader.run, args=(stop,), daemon=True)
+        cpu0, t0 = cpu_seconds(), time.perf_counter()
+        thread.start()
+        deadline = time.monotonic() + 3600
+        while time.monotonic() < deadline:
+            with store.read() as conn:
+                left = conn.execute(
+                    "SELECT count(*) FROM captures WHERE state != 'uploaded'"
+                ).fetchone()[0]
+            if not left:
+                break
+            time.sleep(0.02)
+        up_s = time.perf_counter() - t0
+        up_cpu = cpu_seconds() - cpu0
+        stop.set()
+        thread.join(30)
+        up_sent, up_recv = counter.reset()
+        if left:
+            raise SystemExit(f"uploader did not drain: {left} captures left")
+
+    n = args.captures
+    figures = {
+        "captures": n,
+        "capture_bytes": args.size,
+        "batch": args.batch,
+        "raw_captures_per_s": round(n / raw_s, 1),
+        "uploader_captures_per_s": round(n / up_s, 1),
+        "rate_ratio": round(raw_s / up_s, 3),
+        "raw_mib_per_s": round(payload / raw_s / 2**20, 1),
+        "uploader_mib_per_s": round(payload / up_s / 2**20, 1),
+        "wire_sent_per_payload_byte": round(up_sent / payload, 4),
+        "wire_total_per_payload_byte": round((up_sent + up_recv) / payload, 4),
+        "raw_wire_sent_per_payload_byte": round(raw_sent / payload, 4),
+        "station_cpu_s_per_1000": round(up_cpu / n * 1000, 3),
+        "raw_client_cpu_s_per_1000": round(raw_cpu / n * 1000, 3),
+    }
+    print(
+        f"backlog: {n} captures of {args.size} bytes, batches of {args.batch}, one local endpoint"
+    )
+    print(
+        f"raw requests.Session POSTs : {figures['raw_captures_per_s']:>8} captures/s "
+        f"({figures['raw_mib_per_s']} MiB/s)"
+    )
+    print(
+        f"uploader drain            : {figures['uploader_captures_per_s']:>8} captures/s "
+        f"({figures['uploader_mib_per_s']} MiB/s)"
+    )
+    print(f"drain rate vs raw         : {figures['rate_ratio']:.3f}  (goal >= 0.8)")
+    print(
+        f"bytes sent per payload byte: {figures['wire_sent_per_payload_byte']:.4f} "
+        f"(raw {figures['raw_wire_sent_per_payload_byte']:.4f}; goal <= 1.05); "
+        f"both directions {figures['wire_total_per_payload_byte']:.4f}"
+    )
+    print(
+        f"station CPU per 1000 captures: {figures['station_cpu_s_per_1000']:.3f} s "
+        f"(raw client {figures['raw_client_cpu_s_per_1000']:.3f} s)"
+    )
+    if args.json:
+        print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
