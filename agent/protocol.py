@@ -22,7 +22,7 @@ CRC_SIZE = 4
 OVERHEAD = HEADER_SIZE + CRC_SIZE
 MAX_PAYLOAD = 0xFFFF
 NO_CAPTURE = 0xFFFFFFFF
-UNIT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+UNIT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}\Z")  # \Z: "$" would accept a final "\n"
 JPEG_SOI = b"\xff\xd8"
 JPEG_EOI = b"\xff\xd9"
 

@@ -13,6 +13,13 @@ from agent.config import Config, parse_config
 from agent.daemon import Station
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """--hil-port / --hil-firmware: run tests/hil against a real board (see esp32/README.md)."""
+    from tests.hil.rig import add_hil_options
+
+    add_hil_options(parser)
+
+
 @pytest.fixture(scope="session")
 def mosquitto() -> Iterator[PrivateBroker]:
     """A real Mosquitto broker on a free loopback port (Debian package 'mosquitto')."""

@@ -69,6 +69,7 @@ class Assembler:
         # paho has one thread for every unit, and a pool lets their commits share an fsync)
         self.committer = committer
         self.open: dict[tuple[str, int], _Open] = {}
+        self._unknown: dict[int, float] = {}  # capture ids NAKed unknown_capture, and when
         self.last_unit: str | None = None
 
     # --- entry points ---------------------------------------------------------------------------
@@ -221,6 +222,13 @@ class Assembler:
     def _chunk(self, msg: p.CaptureChunk, topic_unit: str | None) -> None:
         key = self._find(msg.capture_id, topic_unit)
         if key is None:
+            # one NAK per stale capture, not one per chunk: the unit resends once, not N times
+            now = self.monotonic()
+            self._unknown = {c: t for c, t in self._unknown.items() if now - t < 10}
+            if msg.capture_id in self._unknown:
+                self.metrics.rejected.labels(self.path, "unknown_capture").inc()
+                return
+            self._unknown[msg.capture_id] = now
             self._refuse(
                 msg.capture_id,
                 p.NakReason.UNKNOWN_CAPTURE,

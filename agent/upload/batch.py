@@ -10,6 +10,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,43 @@ class Item:
 
 class MissingImage(Exception):
     """The variant the privacy policy allows is not in the buffer; the capture cannot go."""
+
+
+class ImageReader:
+    """Image bytes for a batch's candidates, read a few captures per query, in their order."""
+
+    chunk = 8
+
+    def __init__(self, store: Any, ids: Sequence[str]) -> None:
+        self.store = store
+        self.ids = list(ids)
+        self.pos = {cid: n for n, cid in enumerate(self.ids)}
+        self.cache: dict[tuple[str, str], bytes] = {}
+        self.loaded = 0  # ids[:loaded] are in the cache (or have no such image)
+
+    def get(self, capture_id: str, variant: str) -> bytes | None:
+        n = self.pos.get(capture_id)
+        if n is None:
+            return self.store.read_image(capture_id, variant)
+        if n >= self.loaded:
+            self._load(n)
+        return self.cache.pop((capture_id, variant), None)
+
+    def _load(self, upto: int) -> None:
+        # drop what was passed over, then read the next chunk (memory stays ~ one batch)
+        for cid in self.ids[: self.loaded]:
+            for v in ("original", "blurred", "thumbnail"):
+                self.cache.pop((cid, v), None)
+        start, end = self.loaded, max(upto + 1, self.loaded + self.chunk)
+        wanted = self.ids[start:end]
+        marks = ",".join("?" * len(wanted))
+        with self.store.read() as conn:
+            for r in conn.execute(
+                f"SELECT capture_id, variant, jpeg FROM images WHERE capture_id IN ({marks})",
+                wanted,
+            ):
+                self.cache[(r[0], r[1])] = bytes(r[2])
+        self.loaded = min(len(self.ids), end)
 
 
 def final_variant(row: sqlite3.Row, empty_policy: str) -> str:

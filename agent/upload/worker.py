@@ -16,11 +16,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from prometheus_client import Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from tenacity import (
     Retrying,
     retry_if_exception,
@@ -31,7 +34,14 @@ from tenacity import (
 
 from agent.store import Store, StoreError
 from agent.upload import ledger
-from agent.upload.batch import Item, MissingImage, build_item, encode, final_variant
+from agent.upload.batch import (
+    ImageReader,
+    Item,
+    MissingImage,
+    build_item,
+    encode,
+    final_variant,
+)
 from agent.upload.budget import (
     ThrottledBody,
     TokenBucket,
@@ -46,6 +56,8 @@ from agent.upload.settings import UploadSection
 log = logging.getLogger(__name__)
 
 PENDING = ("received", "analysed")
+WINDOW_BATCHES = 8  # candidates ranked per scan of the backlog, in batches
+WINDOW_TTL_S = 2.0
 _BREAKER_VALUE = {CircuitBreaker.CLOSED: 0, CircuitBreaker.HALF_OPEN: 1, CircuitBreaker.OPEN: 2}
 
 
@@ -83,12 +95,6 @@ class UploadMetrics:
             ["endpoint"],
             registry=registry,
         )
-        self.in_doubt = Gauge(
-            "fieldstation_upload_in_doubt",
-            "Captures whose last batch at this endpoint had no answer",
-            ["endpoint"],
-            registry=registry,
-        )
         self.online = Gauge(
             "fieldstation_upload_online",
             "1 while some sync endpoint is reachable",
@@ -99,6 +105,48 @@ class UploadMetrics:
             "Captures marked failed by the uploader (rejected, conflict, image missing)",
             registry=registry,
         )
+
+
+class _DoubtCollector(Collector):
+    """Captures in doubt per endpoint, read from the buffer at scrape time."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def describe(self):  # type: ignore[no-untyped-def]
+        return []
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        family = GaugeMetricFamily(
+            "fieldstation_upload_in_doubt",
+            "Captures sent to an endpoint with no answer yet (settled by lookup)",
+            labels=["endpoint"],
+        )
+        with self.store.read() as conn:
+            for endpoint, n in ledger.doubt_counts(conn).items():
+                family.add_metric([endpoint], n)
+        yield family
+
+
+@dataclass
+class _Batch:
+    endpoint: str
+    items: list[Item]
+    body: bytes
+    content_type: str
+    wire: int  # request bytes including the request line and headers
+    batch_id: str
+
+    @property
+    def ids(self) -> list[str]:
+        return [i.capture_id for i in self.items]
+
+
+@dataclass
+class _Outcome:
+    results: list | None = None
+    in_doubt: bool = False  # some attempt may have reached the endpoint
+    error: BaseException | None = None
 
 
 class Uploader:
@@ -144,12 +192,15 @@ class Uploader:
         self.bucket = TokenBucket(s.bandwidth_bytes_per_s, monotonic)
         self.windows = UploadWindows(s.windows)
         self.metrics = UploadMetrics(metrics.registry)
+        metrics.registry.register(_DoubtCollector(store))
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._paused: str | None = None
         self._heartbeats_paused = False
         self._next_heartbeat = 0.0
         self._max_items = s.batch_max_items  # halved after a 400/413, grows back on success
+        self._budget_blocked = False
+        self._window: tuple[str, float, list[sqlite3.Row]] | None = None
         self.state = "starting"
         self.online = True
         self._offline_since: float | None = None
@@ -281,9 +332,13 @@ class Uploader:
             retry = min(b.retry_in() for b in self.breakers.values())
             return min(hb_wait, max(0.05, retry))
         self._settle_elsewhere(name)
+        self._budget_blocked = False
         worked = self._work_at(name, budget_left)
         if worked:
             return 0.0
+        if self._budget_blocked:  # the next capture in value order does not fit today's budget
+            self.state = "budget_exhausted"
+            return min(hb_wait, seconds_to_next_day(now))
         if self.state == "uploading":
             self.state = "idle"
         return min(hb_wait, s.idle_poll_s)
@@ -342,7 +397,7 @@ class Uploader:
         opened = br.failure(str(exc), hold_s=hold)
         self.last_error = str(exc)
         self._breaker_metric(name)
-        if opened:
+        if opened and self.online:  # while offline the one "link down" line says it all
             log.warning(
                 "sync endpoint %s unavailable (%s); breaker open for %.1f s",
                 name,
@@ -389,18 +444,51 @@ class Uploader:
     # --- one unit of work at one endpoint ------------------------------------------------------
 
     def _work_at(self, name: str, budget_left: int | None) -> bool:
+        """Settle doubts at `name`, then send batches there while nothing asks for a pause.
+
+        One batch is in flight (a sender thread) while the next one is read and encoded, so the
+        station's own work overlaps the endpoint's; the answer to one batch and the in-doubt marks
+        of the next are committed together.
+        """
         try:
             settled = self._reconcile(name)
         except EndpointError as exc:
             self.metrics.requests.labels(name, "lookup", _result(exc)).inc()
             self._failed(name, exc)
             return True
-        items = self._next_batch(name, budget_left)
-        if not items:
+        batch = self._prepare(name, budget_left, frozenset())
+        if batch is None:
             return settled
         self.state = "uploading"
-        self._send(name, items)
+        with self.store.transaction() as conn:  # durable before the first byte leaves
+            self._mark(conn, batch)
+        while batch is not None:
+            outcome = _Outcome()
+            sender = threading.Thread(
+                target=self._deliver, args=(batch, outcome), name="uploader-send", daemon=True
+            )
+            sender.start()
+            upcoming = None
+            if self._may_continue(name, budget_left):
+                upcoming = self._prepare(name, None, frozenset(batch.ids))
+            sender.join()
+            if outcome.results is None:
+                self._given_up(batch, outcome)
+                return True
+            self._apply(batch, outcome.results, upcoming)
+            batch = upcoming
         return True
+
+    def _may_continue(self, name: str, budget_left: int | None) -> bool:
+        """Keep sending to `name` without a full step (heartbeat, pause, window, primary back)?"""
+        if self._stop.is_set() or self._paused is not None or budget_left is not None:
+            return False
+        if self.settings.heartbeat_interval_s and self.monotonic() >= self._next_heartbeat:
+            return False
+        if not self.windows.is_open(self.clock()):
+            return False
+        primary = self.ranking[0]
+        return name == primary or not self.breakers[primary].available()
 
     def _reconcile(self, name: str) -> bool:
         """Ask `name` which of the captures in doubt there it holds; record the answer."""
@@ -433,6 +521,7 @@ class Uploader:
                 ledger.add_traffic(conn, name, local_day(now), 0, requests=1)
             settled += len(rows)
         if settled:
+            self._window = None
             self.breakers[name].success()
             self._breaker_metric(name)
             self._came_online(name)
@@ -443,7 +532,6 @@ class Uploader:
                 held_n,
                 settled - held_n,
             )
-        self.metrics.in_doubt.labels(name).set(0)
         return settled > 0
 
     def _settle_elsewhere(self, current: str) -> None:
@@ -466,7 +554,9 @@ class Uploader:
                 self.metrics.requests.labels(name, "lookup", _result(exc)).inc()
                 self._failed(name, exc)
 
-    def _next_batch(self, name: str, budget_left: int | None) -> list[Item]:
+    def _next_batch(
+        self, name: str, budget_left: int | None, exclude: frozenset[str] = frozenset()
+    ) -> list[Item]:
         s = self.settings
         cap = s.batch_max_bytes
         if s.bandwidth_bytes_per_s:
@@ -474,27 +564,21 @@ class Uploader:
             cap = min(cap, max(1024, int(s.bandwidth_bytes_per_s * 30)))
         if budget_left is not None:
             cap = min(cap, budget_left)
+        rows = self._candidates(name, exclude)
         with self.store.read() as conn:
-            rows = ledger.candidates(
-                conn,
-                name,
-                list(self.endpoints),
-                self.states,
-                thumbnails_first=s.thumbnails_first,
-                empty_full=s.empty_policy == "full",
-                limit=self._max_items,
-            )
             detections = ledger.detections_for(
                 conn, [r["id"] for r in rows if r["state"] != "received"]
             )
         items: list[Item] = []
         total = 0
+        images = ImageReader(self.store, [r["id"] for r in rows])
+        failed: set[str] = set()
         for row in rows:
             try:
                 item = build_item(
                     row,
                     detections.get(row["id"], []),
-                    self.store.read_image,
+                    images.get,
                     empty_policy=s.empty_policy,
                     thumbnails_first=s.thumbnails_first,
                     thumbnail_px=s.thumbnail_px,
@@ -502,26 +586,63 @@ class Uploader:
             except MissingImage as exc:
                 with self.store.transaction() as conn:
                     self._fail_capture(conn, row["id"], str(exc))
+                failed.add(row["id"])
                 continue
             size = item.nbytes + 1024  # manifest and part headers, roughly
             if total + size > cap and (items or budget_left is not None):
-                break  # in value order: the next item waits for the next batch (or day)
+                # in value order: the next item waits for the next batch (or the next day)
+                self._budget_blocked = not items
+                break
             items.append(item)
             total += size
+        taken = {i.capture_id for i in items} | failed
+        if self._window is not None:
+            self._window = (*self._window[:2], [r for r in self._window[2] if r["id"] not in taken])
         return items
 
-    def _send(self, name: str, items: list[Item]) -> None:
+    def _candidates(self, name: str, exclude: frozenset[str]) -> list[sqlite3.Row]:
+        """The next candidates in value order, from a short-lived window of several batches.
+
+        Ranking every pending capture costs a scan of the backlog; one scan serves several batches.
+        The window lives WINDOW_TTL_S at most, so a new high-value capture waits that long at worst.
+        """
+        s = self.settings
+        now = self.monotonic()
+        w = self._window
+        if w is None or w[0] != name or now - w[1] > WINDOW_TTL_S or len(w[2]) < self._max_items:
+            with self.store.read() as conn:
+                rows = ledger.candidates(
+                    conn,
+                    name,
+                    list(self.endpoints),
+                    self.states,
+                    thumbnails_first=s.thumbnails_first,
+                    empty_full=s.empty_policy == "full",
+                    limit=self._max_items * WINDOW_BATCHES + len(exclude),
+                )
+            # the batch in flight is still pending in the buffer: never keep it in the window
+            w = self._window = (name, now, [r for r in rows if r["id"] not in exclude])
+        return [r for r in w[2] if r["id"] not in exclude][: self._max_items]
+
+    def _prepare(
+        self, name: str, budget_left: int | None, exclude: frozenset[str]
+    ) -> _Batch | None:
+        items = self._next_batch(name, budget_left, exclude)
+        if not items:
+            return None
+        body, content_type = encode(self.station_id, items)
+        wire = len(body) + _overhead(self.endpoints[name].url, content_type, len(body))
+        return _Batch(name, items, body, content_type, wire, uuid.uuid4().hex[:16])
+
+    def _mark(self, conn: sqlite3.Connection, batch: _Batch) -> None:
+        sent = [(i.capture_id, i.variant) for i in batch.items]
+        ledger.mark_in_doubt(conn, batch.endpoint, sent, batch.batch_id, self.clock())
+
+    def _deliver(self, batch: _Batch, outcome: _Outcome) -> None:
+        """Send one batch with retries (runs in the sender thread); the outcome says how it went."""
+        name = batch.endpoint
         ep = self.endpoints[name]
         s = self.settings
-        batch_id = uuid.uuid4().hex[:16]
-        ids = [i.capture_id for i in items]
-        with self.store.transaction() as conn:  # durable before the first byte leaves
-            ledger.mark_in_doubt(
-                conn, name, [(i.capture_id, i.variant) for i in items], batch_id, self.clock()
-            )
-        body, content_type = encode(self.station_id, items)
-        wire = len(body) + _overhead(ep.url, content_type, len(body))
-        in_doubt = False
         # exponential from retry_initial_s, capped at retry_max_s, plus up to one initial of jitter
         backoff = wait_exponential(multiplier=s.retry_initial_s, max=s.retry_max_s) + wait_random(
             0, s.retry_initial_s
@@ -536,6 +657,8 @@ class Uploader:
         def retryable(exc: BaseException) -> bool:
             if not isinstance(exc, EndpointError) or not exc.retryable or self._stop.is_set():
                 return False
+            if self.breakers[name].state == CircuitBreaker.OPEN:
+                return False  # give the endpoint its cool-down; the next step fails over
             return exc.retry_after is None or exc.retry_after <= s.retry_max_s
 
         retrying = Retrying(
@@ -548,38 +671,38 @@ class Uploader:
         try:
             for attempt in retrying:
                 with attempt:
-                    data: Any = body
+                    data: Any = batch.body
                     if self.bucket.rate:
-                        data = ThrottledBody(body, self.bucket, self._nap)
+                        data = ThrottledBody(batch.body, self.bucket, self._nap)
                     try:
-                        results, _ = ep.send_batch(data, content_type, ids)
+                        results, _ = ep.send_batch(data, batch.content_type, batch.ids)
                     except EndpointError as exc:
-                        in_doubt = in_doubt or exc.in_doubt
+                        outcome.in_doubt = outcome.in_doubt or exc.in_doubt
                         self.metrics.requests.labels(name, "batch", _result(exc)).inc()
-                        sent = wire if (exc.in_doubt or exc.status) else 0
-                        self._count(name, sent)
+                        self._count(name, batch.wire if (exc.in_doubt or exc.status) else 0)
                         self._failed(name, exc)
                         if exc.status in (400, 413):
-                            self._shrink(items, exc)
+                            self._shrink(batch.items, exc)
                         raise
-        except EndpointError:
-            if not in_doubt:
-                self._undo_doubt(name, ids, batch_id)
-            else:
-                self.metrics.in_doubt.labels(name).set(len(ids))
-                log.warning(
-                    "batch %s of %d captures is in doubt at %s; will ask it before resending",
-                    batch_id,
-                    len(ids),
-                    name,
-                )
-            return
-        except _Stopping:
-            if not in_doubt:
-                self._undo_doubt(name, ids, batch_id)
+        except BaseException as exc:  # handed to the loop's thread
+            outcome.error = exc
             return
         self.metrics.requests.labels(name, "batch", "ok").inc()
-        self._apply(name, items, results, wire)
+        outcome.results = results
+
+    def _given_up(self, batch: _Batch, outcome: _Outcome) -> None:
+        self._window = None
+        if not isinstance(outcome.error, (EndpointError, _Stopping)):
+            raise outcome.error or RuntimeError("sender ended without an outcome")
+        if not outcome.in_doubt:
+            self._undo_doubt(batch.endpoint, batch.ids, batch.batch_id)
+        elif isinstance(outcome.error, EndpointError):
+            log.warning(
+                "batch %s of %d captures is in doubt at %s; will ask it before resending",
+                batch.batch_id,
+                len(batch.ids),
+                batch.endpoint,
+            )
 
     def _shrink(self, items: list[Item], exc: NotDelivered | EndpointError) -> None:
         if len(items) > 1:
@@ -600,13 +723,15 @@ class Uploader:
                 if row is not None and row["doubt_batch"] == batch_id:
                     ledger.clear_doubt(conn, name, cid, now)
 
-    def _apply(self, name: str, items: list[Item], results: list, wire: int) -> None:
-        """Record the endpoint's answer: held items uploaded, refused ones failed, in one commit."""
+    def _apply(self, batch: _Batch, results: list, upcoming: _Batch | None) -> None:
+        """Record the answer (held items uploaded, refused ones failed) and mark the next batch
+        in doubt, in one commit."""
+        name, wire = batch.endpoint, batch.wire
         by_id = {r.capture_id: r for r in results}
         now = self.clock()
         acked = 0
         with self.store.transaction() as conn:
-            for item in items:
+            for item in batch.items:
                 r = by_id.get(item.capture_id)
                 if r is None:
                     continue  # no answer for it: stays in doubt, settled by lookup
@@ -616,12 +741,14 @@ class Uploader:
                     best = ledger.record_held(conn, name, item.capture_id, item.variant, now)
                     if _rank(best) >= _rank(item.final_variant):
                         self._mark_uploaded(conn, item.capture_id)
-                else:
+                elif r.status in ("conflict", "rejected"):
                     ledger.clear_doubt(conn, name, item.capture_id, now)
                     self._fail_capture(
                         conn, item.capture_id, f"{name}: {r.status}: {r.reason or 'no reason'}"
                     )
             ledger.add_traffic(conn, name, local_day(now), wire, items=acked)
+            if upcoming is not None:
+                self._mark(conn, upcoming)
         self.metrics.bytes.labels(name).inc(wire)
         self.breakers[name].success()
         self._breaker_metric(name)

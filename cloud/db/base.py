@@ -117,13 +117,16 @@ class Database:
             raise BackendUnavailable(f"{self.describe()}: {exc}") from exc
 
     @contextmanager
-    def transaction(self) -> Iterator[Any]:
-        """A cursor inside one transaction: committed on success, rolled back on error."""
+    def transaction(self, write: bool = True) -> Iterator[Any]:
+        """A cursor inside one transaction: committed on success, rolled back on error.
+
+        `write=False` marks read-only work, which need not queue behind writers.
+        """
         from cloud.errors import BackendUnavailable
 
         conn = self._connection()
         try:
-            with self.serialized():
+            with self.serialized() if write else nullcontext():
                 cur = conn.cursor()
                 try:
                     yield _Cursor(cur, self._sql)
@@ -154,7 +157,7 @@ class Database:
 
     def ping(self) -> None:
         """Raise BackendUnavailable unless a trivial query succeeds."""
-        with self.transaction() as cur:
+        with self.transaction(write=False) as cur:
             cur.execute("SELECT 1")
             cur.fetchone()
 
@@ -218,7 +221,7 @@ class Database:
             )
 
     def get_token(self, token_id: str) -> TokenRow | None:
-        with self.transaction() as cur:
+        with self.transaction(write=False) as cur:
             cur.execute(
                 "SELECT t.token_id, t.station_id, t.role, t.salt, t.digest, "
                 "t.revoked_at IS NOT NULL OR COALESCE(s.revoked, 0) = 1 "
@@ -234,7 +237,7 @@ class Database:
         )
 
     def list_stations(self) -> list[dict[str, Any]]:
-        with self.transaction() as cur:
+        with self.transaction(write=False) as cur:
             cur.execute(
                 "SELECT s.station_id, s.created_at, s.revoked, s.latitude, s.longitude, "
                 "s.last_heartbeat_at, s.last_heartbeat, "
@@ -276,7 +279,7 @@ class Database:
         """capture_id -> (sha256, variant, image_key) for the ids this station's captures hold."""
         ids = list(dict.fromkeys(capture_ids))
         found: dict[str, tuple[str, str, str | None]] = {}
-        with self.transaction() as cur:
+        with self.transaction(write=False) as cur:
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 marks = ", ".join("?" * len(chunk))
@@ -408,7 +411,7 @@ class Database:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(int(limit))
-        with self.transaction() as cur:
+        with self.transaction(write=False) as cur:
             cur.execute(sql, tuple(args))
             rows = cur.fetchall()
             detections = self._detections_for(cur, [(r[0], r[1]) for r in rows])
@@ -484,7 +487,7 @@ class Database:
         return at
 
     def list_models(self) -> list[dict[str, Any]]:
-        with self.transaction() as cur:
+        with self.transaction(write=False) as cur:
             cur.execute(
                 "SELECT name, version, sha256, size, object_key, published_at FROM models "
                 "ORDER BY name, published_at, version"

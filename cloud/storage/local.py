@@ -14,26 +14,33 @@ class LocalStore(ObjectStore):
     def __init__(self, root: Path, fsync: bool = True) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
-        self._prefix = str(self.root) + os.sep
+        self._root_text = str(self.root)
+        self._prefix = self._root_text + os.sep
         self.fsync = fsync
 
-    def _path(self, key: str) -> Path:
+    def _file(self, key: str) -> str:
         # check_key refuses '..', absolute paths and odd characters, so plain joining stays
         # inside the root; normpath (no filesystem calls) is the belt to those braces.
-        path = os.path.normpath(os.path.join(self.root, check_key(key)))
+        path = os.path.normpath(os.path.join(self._root_text, check_key(key)))
         if not path.startswith(self._prefix):
             raise ValueError(f"object key {key!r} escapes the store")
-        return Path(path)
+        return path
+
+    def _path(self, key: str) -> Path:
+        return Path(self._file(key))
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        path = self._path(key)
+        path = self._file(key)
+        folder, name = os.path.split(path)
         # Write a temp file and rename it, so a crash never leaves a half image under the key.
-        tmp = f"{path.parent}/.{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        # (Strings, not Path objects: this runs for every image and Path parsing shows up.)
+        tmp = f"{folder}/.{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(tmp, flags, 0o644)
         except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.makedirs(folder, exist_ok=True)
+            fd = os.open(tmp, flags, 0o644)
         try:
             view = memoryview(data)
             while view:

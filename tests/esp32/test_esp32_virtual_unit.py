@@ -292,3 +292,14 @@ def test_core_build_is_cached_by_source_hash(tmp_path):
     first = core.build_core(out_dir=tmp_path)
     assert core.build_core(out_dir=tmp_path) == first
     assert Path(first).name.startswith("libwildcam_core-")
+
+
+def test_capture_needing_more_chunks_than_indexes_allow_is_dropped_not_wrapped():
+    unit = VirtualUnit("cam-tiny", PtySerialLink(), chunk_size=1, ack_timeout_s=0.2)
+    try:
+        result = unit.send_capture(b"\xff\xd8" + b"\0" * 70000 + b"\xff\xd9")
+        assert not result.acked and result.attempts == 0
+        assert unit.pending == {} and unit.stats["dropped"] == 1
+        assert any("more than 65536 chunks" in line for line in unit.log_lines)
+    finally:
+        unit.close()

@@ -6,7 +6,6 @@ from the repository root, tests/conftest.py must register them too (`from tests.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +28,11 @@ def _opt(config: pytest.Config, name: str) -> object:
         return None
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    if _opt(config, "--hil-port") and not _opt(config, "--hil-firmware"):
+        raise pytest.UsageError("--hil-port needs --hil-firmware BUILD_DIR (what to flash)")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if Path(str(item.fspath)).parent == Path(__file__).parent:
@@ -42,8 +46,6 @@ def rig(
     """A flashed and configured unit, and a station listening on its serial line."""
     port = _opt(request.config, "--hil-port")
     firmware = _opt(request.config, "--hil-firmware")
-    if port and not firmware:
-        raise pytest.UsageError("--hil-port needs --hil-firmware BUILD_DIR (what to flash)")
     if port:
         r: VirtualRig | RealRig = RealRig(
             str(port),
@@ -57,4 +59,3 @@ def rig(
         r = VirtualRig(make_station, tmp_path)
     yield r
     r.close()
-    time.sleep(0)  # nothing to wait for: close() joined every thread

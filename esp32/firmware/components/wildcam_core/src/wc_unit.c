@@ -171,6 +171,14 @@ static int start_next(wc_unit_t *u) {
         u->hal->stored_delete(u->ctx, id);
         u->stats.dropped++;
     }
+    if (wc_chunk_count(u->cur.size, u->cfg.chunk_size) > 65536u) {
+        /* chunk indexes are 16 bits: such a capture cannot be sent at this chunk size */
+        logf_(u, WC_LOG_ERROR, "capture %lu needs more than 65536 chunks of %u bytes, dropped",
+              UL(u->cur.capture_id), (unsigned)u->cfg.chunk_size);
+        u->hal->stored_delete(u->ctx, u->cur.capture_id);
+        u->stats.dropped++;
+        return start_next(u);
+    }
     /* CRC over the stored bytes, read in pieces so no second full-size buffer is needed */
     uint32_t crc = 0;
     for (uint32_t off = 0; off < u->cur.size; off += sizeof(u->scratch)) {
