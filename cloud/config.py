@@ -25,7 +25,7 @@ class ServerConfig:
     data_dir: str = DEFAULT_DATA_DIR
     log_level: str = "info"
     # Seconds uvicorn waits for open requests after SIGTERM before closing them.
-    shutdown_timeout: float = 10.0
+    shutdown_timeout: int = 10
 
 
 @dataclass

@@ -145,12 +145,13 @@ class BatchIngest:
                 continue
             seen[pending.item.capture_id] = len(checked)
             checked.append(pending)
-        for index, result in self._store(station_id, checked).items():
-            results[index] = result
-        for result in results:
-            assert result is not None
+        for index, stored in self._store(station_id, checked).items():
+            results[index] = stored
+        answered = [r for r in results if r is not None]
+        assert len(answered) == len(results), "every item gets exactly one result"
+        for result in answered:
             self.metrics.captures.labels(result["status"]).inc()
-        return [r for r in results if r is not None]
+        return answered
 
     # -- item level ------------------------------------------------------------------------------
 

@@ -42,39 +42,34 @@ def boundary_of(content_type: str) -> bytes:
     return boundary
 
 
-def parse_parts(
-    content_type: str, body: bytes, max_part_bytes: int, max_parts: int
-) -> dict[str, Part]:
-    """Split `body` into parts by name; raise MultipartError, or PartTooLarge naming the part."""
-    boundary = boundary_of(content_type)
-    parts: dict[str, Part] = {}
-    state: dict[str, object] = {
-        "field": b"",
-        "value": b"",
-        "headers": {},
-        "part": None,
-        "end": False,
-    }
+class _Collector:
+    """python-multipart callbacks that gather parts into `parts`, enforcing the limits."""
 
-    def on_part_begin() -> None:
-        state["headers"] = {}
+    def __init__(self, max_part_bytes: int, max_parts: int) -> None:
+        self.max_part_bytes = max_part_bytes
+        self.max_parts = max_parts
+        self.parts: dict[str, Part] = {}
+        self.ended = False
+        self._field = b""
+        self._value = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._part: Part | None = None
 
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        state["field"] = state["field"] + data[start:end]  # type: ignore[operator]
+    def on_part_begin(self) -> None:
+        self._headers = {}
 
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        state["value"] = state["value"] + data[start:end]  # type: ignore[operator]
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
 
-    def on_header_end() -> None:
-        headers = state["headers"]
-        assert isinstance(headers, dict)
-        headers[bytes(state["field"]).lower()] = bytes(state["value"])  # type: ignore[arg-type]
-        state["field"], state["value"] = b"", b""
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
 
-    def on_headers_finished() -> None:
-        headers = state["headers"]
-        assert isinstance(headers, dict)
-        disposition = headers.get(b"content-disposition")
+    def on_header_end(self) -> None:
+        self._headers[self._field.lower()] = self._value
+        self._field, self._value = b"", b""
+
+    def on_headers_finished(self) -> None:
+        disposition = self._headers.get(b"content-disposition")
         if disposition is None:
             raise MultipartError("part without Content-Disposition")
         _, options = parse_options_header(disposition)
@@ -82,43 +77,49 @@ def parse_parts(
         if not name:
             raise MultipartError("part without a name")
         text = name.decode("utf-8", "replace")
-        if text in parts:
+        if text in self.parts:
             raise MultipartError(f"part {text!r} appears twice")
-        if len(parts) >= max_parts:
-            raise PartTooLarge(f"more than {max_parts} parts")
+        if len(self.parts) >= self.max_parts:
+            raise PartTooLarge(f"more than {self.max_parts} parts")
         filename = options.get(b"filename")
-        ctype = headers.get(b"content-type")
-        part = Part(
+        ctype = self._headers.get(b"content-type")
+        self._part = Part(
             text,
             filename.decode("utf-8", "replace") if filename is not None else None,
             ctype.decode("latin-1") if ctype else None,
         )
-        parts[text] = part
-        state["part"] = part
+        self.parts[text] = self._part
 
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        part = state["part"]
-        assert isinstance(part, Part)
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        part = self._part
+        assert part is not None  # the parser calls on_headers_finished first
         part.size += end - start
-        if part.size > max_part_bytes:
+        if part.size > self.max_part_bytes:
             raise PartTooLarge(
-                f"part {part.name!r} is over the per-item limit of {max_part_bytes} bytes"
+                f"part {part.name!r} is over the per-item limit of {self.max_part_bytes} bytes"
             )
         part.chunks.append(data[start:end])
 
-    def on_end() -> None:
-        state["end"] = True
+    def on_end(self) -> None:
+        self.ended = True
 
+
+def parse_parts(
+    content_type: str, body: bytes, max_part_bytes: int, max_parts: int
+) -> dict[str, Part]:
+    """Split `body` into parts by name; raise MultipartError, or PartTooLarge naming the part."""
+    boundary = boundary_of(content_type)
+    collector = _Collector(max_part_bytes, max_parts)
     parser = MultipartParser(
         boundary,
         {
-            "on_part_begin": on_part_begin,
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_headers_finished": on_headers_finished,
-            "on_part_data": on_part_data,
-            "on_end": on_end,
+            "on_part_begin": collector.on_part_begin,
+            "on_header_field": collector.on_header_field,
+            "on_header_value": collector.on_header_value,
+            "on_header_end": collector.on_header_end,
+            "on_headers_finished": collector.on_headers_finished,
+            "on_part_data": collector.on_part_data,
+            "on_end": collector.on_end,
         },
         max_header_count=16,
     )
@@ -129,7 +130,7 @@ def parse_parts(
         raise
     except Exception as exc:  # python-multipart raises several types for malformed input
         raise MultipartError(f"malformed multipart body: {exc}") from exc
-    if not state["end"]:
+    if not collector.ended:
         # A cut-off upload must not be taken for a complete one.
         raise MultipartError("multipart body ends before its closing boundary")
-    return parts
+    return collector.parts

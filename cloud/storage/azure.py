@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from cloud.config import StorageConfig
 from cloud.errors import BackendUnavailable, NotFound
 from cloud.storage.base import ObjectStore, check_key
@@ -26,7 +28,11 @@ class AzureBlobStore(ObjectStore):
     def __init__(self, config: StorageConfig) -> None:
         self.prefix = config.prefix.strip("/")
         # Few, quick retries: the station retries the whole batch anyway after a 503.
-        options = {"retry_total": 2, "retry_backoff_factor": 0.2, "connection_timeout": 5}
+        options: dict[str, Any] = {
+            "retry_total": 2,
+            "retry_backoff_factor": 0.2,
+            "connection_timeout": 5,
+        }
         if config.connection_string:
             service = BlobServiceClient.from_connection_string(config.connection_string, **options)
         else:
