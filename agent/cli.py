@@ -253,5 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"fieldstation: configuration rejected:\n{exc}", file=sys.stderr)
         return 2
+    except ValueError as exc:
+        # component set-up errors that name a config value (e.g. an upload token file missing)
+        if type(exc).__name__ == "UploadConfigError":
+            print(f"fieldstation: configuration rejected: {exc}", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         return 130

@@ -117,10 +117,25 @@ class Station:
         if c.inference.enabled:
             from agent.inference.worker import InferenceWorker
 
-            self.inference = InferenceWorker(
-                self.store, c, self.metrics, on_result=self._analysed
-            )
+            self.inference = InferenceWorker(self.store, c, self.metrics, on_result=self._analysed)
             self.supervisor.add(self.inference)
+        self.uploader = None
+        if c.upload.enabled and c.upload.endpoints:
+            from agent.upload.worker import Uploader
+
+            self.uploader = Uploader(
+                self.store, c, self.metrics, heartbeat_extra=self._heartbeat_extra
+            )
+            self.supervisor.add(self.uploader)
+
+    def _heartbeat_extra(self) -> dict[str, Any]:
+        """What the uploader's heartbeats say beyond the queue: the models running here."""
+        models: dict[str, str] = {}
+        if self.inference is not None:
+            for ref in self.inference.status()["models"]:  # "name@version"
+                name, _, version = ref.rpartition("@")
+                models[name] = version
+        return {"models": models}
 
     def _intake_token(self) -> str:
         h = self.config.http
@@ -199,6 +214,7 @@ class Station:
             },
             "queue": self.store.queue_summary(),
             "inference": self.inference.status() if self.inference else None,
+            "upload": self.uploader.status() if self.uploader else None,
             "alarms": self.store.alarms(),
             "units": [dict(u) for u in self.store.units()],
         }

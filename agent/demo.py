@@ -66,12 +66,21 @@ def run_demo(captures: int = 12, as_json: bool = False, keep: bool = False) -> i
         except (OSError, RuntimeError) as exc:
             say(f"mqtt: private broker did not start ({exc}); continuing with serial and HTTP")
             broker = None
+    cloud = _start_cloud(workdir / "cloud", say)
+    upload_toml = ""
+    if cloud is not None:
+        token = cloud.add_station(STATION_ID)
+        upload_toml = (
+            f'[[upload.endpoints]]\nname = "local"\nurl = "{cloud.url}"\ntoken = "{token}"\n'
+            "[upload]\nidle_poll_s = 0.2\n"
+        )
     serial_link = PtySerialLink()
     http_port = free_port()
     detector = DEMO_MODEL if DEMO_MODEL.exists() else None
     inference_toml = (
-        f'[inference]\ndetector = "{detector}"\nthreads = 1\n' if detector else
-        "[inference]\nenabled = false\n"
+        f'[inference]\ndetector = "{detector}"\nthreads = 1\n'
+        if detector
+        else "[inference]\nenabled = false\n"
     )
     mqtt_toml = (
         f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {broker.port}\n' if broker else ""
@@ -92,7 +101,8 @@ listen = "127.0.0.1:{http_port}"
 [storage]
 check_on_start = false
 {inference_toml}
-{mqtt_toml}""",
+{mqtt_toml}
+{upload_toml}""",
         "<demo>",
     )
     say("WildCAM field station demo")
@@ -101,7 +111,10 @@ check_on_start = false
     mqtt_line = f"private mosquitto on 127.0.0.1:{broker.port}" if broker else "off (no mosquitto)"
     say(f"  mqtt          {mqtt_line}")
     say(f"  http intake   http://127.0.0.1:{http_port}/api/detections")
-    say(f"  inference     {detector.name + ' (LiteRT)' if detector else 'off (model folder not found)'}")
+    say(
+        f"  inference     {detector.name + ' (LiteRT)' if detector else 'off (model folder not found)'}"
+    )
+    say(f"  cloud         {'fieldstation-cloud serve on ' + cloud.url if cloud else 'off'}")
     station = Station(config)
     analysed: dict[str, list] = {}
     analysed_event = threading.Condition()
@@ -183,8 +196,14 @@ check_on_start = false
                     lambda: station.store.queue_summary()["by_state"]["received"]["count"] == 0,
                     timeout=60,
                 )
+        if station.uploader is not None:
+            _wait_uploaded(station, len(results), say)
         elapsed = time.monotonic() - started
         summary = _summary(station, results, elapsed, workdir, broker is not None)
+        summary["cloud"] = _cloud_summary(cloud) if cloud else None
+        if cloud:
+            summary["all_uploaded"] = summary["cloud"]["captures"] == len(results)
+            summary["all_stored"] = summary["all_stored"] and summary["all_uploaded"]
         _print_summary(summary, say)
         if as_json:
             print(json.dumps(summary, indent=2, default=str))
@@ -195,10 +214,51 @@ check_on_start = false
             unit.close()
         if broker:
             broker.stop()
+        if cloud:
+            cloud.stop()
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             print(f"kept {workdir}", file=sys.stderr)
+
+
+def _start_cloud(folder: Path, say: Any) -> Any:
+    """A local `fieldstation-cloud serve`, the demo's sync endpoint."""
+    try:
+        from cloud.testing import CloudService
+
+        return CloudService.start(folder)
+    except Exception as exc:  # the demo still shows ingest and inference without it
+        say(f"cloud: local sync endpoint did not start ({exc}); uploads are off")
+        return None
+
+
+def _wait_uploaded(station: Station, total: int, say: Any, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    shown = -1
+    while time.monotonic() < deadline:
+        uploaded = station.store.queue_summary()["by_state"]["uploaded"]["count"]
+        if uploaded != shown:
+            say(f"  uploaded {uploaded}/{total} to the cloud")
+            shown = uploaded
+        if uploaded >= total:
+            return
+        time.sleep(0.2)
+
+
+def _cloud_summary(cloud: Any) -> dict[str, Any]:
+    """What reached the cloud, asked of the cloud itself (operator API)."""
+    admin = cloud.admin_token()
+    r = requests.get(
+        f"{cloud.url}/v1/captures",
+        params={"station_id": STATION_ID, "limit": 1000},
+        headers={"Authorization": f"Bearer {admin}"},
+        timeout=10,
+    )
+    r.raise_for_status()
+    captures = r.json()["captures"]
+    variants = Counter(c.get("variant", "?") for c in captures)
+    return {"url": cloud.url, "captures": len(captures), "variants": dict(variants)}
 
 
 def _wait_link(station: Station, unit: VirtualUnit, timeout: float = 15) -> None:
@@ -273,8 +333,16 @@ def _print_summary(s: dict[str, Any], say: Any) -> None:
     say(f"  by state      {states}")
     say(f"  units         {', '.join(s['units'])}")
     say("  detections    " + ", ".join(f"{k} {v}" for k, v in s["detections"].items()))
+    if s.get("cloud"):
+        c = s["cloud"]
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(c["variants"].items()))
+        say(f"  in the cloud  {c['captures']} captures at {c['url']} ({kinds})")
     say(f"  elapsed       {s['elapsed_s']} s")
     say(
         "  result        "
-        + ("every capture stored" if s["all_stored"] else "SOME CAPTURES MISSING")
+        + (
+            ("every capture stored and uploaded" if s.get("cloud") else "every capture stored")
+            if s["all_stored"]
+            else "SOME CAPTURES MISSING"
+        )
     )

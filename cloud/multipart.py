@@ -1,14 +1,27 @@
 """Multipart/form-data parsing into raw byte parts.
 
-Starlette's form parser decodes parts without a filename as text and caps them at 1 MiB; images
-must stay bytes and the limits are ours, so we drive python-multipart's parser directly.
+The whole body is already in memory (it is capped by `max_body_bytes`), so the parts are found
+with `bytes.find` on the delimiter instead of a byte-by-byte streaming parser: one pass, one copy
+per part. Starlette's form parser is no use here: it decodes parts without a filename as text and
+caps them at 1 MiB, while images must stay bytes and the limits are ours.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import parse_options_header
+
+MAX_BOUNDARY_BYTES = 256  # RFC 2046 recommends at most 70
+MAX_HEADERS = 16  # per part
+MAX_HEADER_BYTES = 4096 + 128  # per header line
+# RFC 7230 token characters: what a header name may consist of.
+_TOKEN = re.compile(rb"[A-Za-z0-9!#$%&'*+\-.^_`|~]+")
+# What every client sends; anything else goes through the full header parameter parser.
+_SIMPLE_DISPOSITION = re.compile(
+    rb'form-data;[ \t]*name="([^"\\]*)"(?:;[ \t]*filename="[^"\\]*")?[ \t]*', re.IGNORECASE
+)
 
 
 class MultipartError(ValueError):
@@ -22,14 +35,11 @@ class PartTooLarge(ValueError):
 @dataclass
 class Part:
     name: str
-    filename: str | None
-    content_type: str | None
-    chunks: list[bytes] = field(default_factory=list)
-    size: int = 0
+    data: bytes
 
     @property
-    def data(self) -> bytes:
-        return b"".join(self.chunks)
+    def size(self) -> int:
+        return len(self.data)
 
 
 def boundary_of(content_type: str) -> bytes:
@@ -39,69 +49,40 @@ def boundary_of(content_type: str) -> bytes:
     boundary = options.get(b"boundary")
     if not boundary:
         raise MultipartError("multipart/form-data without a boundary")
+    if len(boundary) > MAX_BOUNDARY_BYTES:
+        raise MultipartError(f"multipart boundary longer than {MAX_BOUNDARY_BYTES} bytes")
     return boundary
 
 
-class _Collector:
-    """python-multipart callbacks that gather parts into `parts`, enforcing the limits."""
+def _truncated() -> MultipartError:
+    # A cut-off upload must not be taken for a complete one.
+    return MultipartError("multipart body ends before its closing boundary")
 
-    def __init__(self, max_part_bytes: int, max_parts: int) -> None:
-        self.max_part_bytes = max_part_bytes
-        self.max_parts = max_parts
-        self.parts: dict[str, Part] = {}
-        self.ended = False
-        self._field = b""
-        self._value = b""
-        self._headers: dict[bytes, bytes] = {}
-        self._part: Part | None = None
 
-    def on_part_begin(self) -> None:
-        self._headers = {}
-
-    def on_header_field(self, data: bytes, start: int, end: int) -> None:
-        self._field += data[start:end]
-
-    def on_header_value(self, data: bytes, start: int, end: int) -> None:
-        self._value += data[start:end]
-
-    def on_header_end(self) -> None:
-        self._headers[self._field.lower()] = self._value
-        self._field, self._value = b"", b""
-
-    def on_headers_finished(self) -> None:
-        disposition = self._headers.get(b"content-disposition")
-        if disposition is None:
-            raise MultipartError("part without Content-Disposition")
-        _, options = parse_options_header(disposition)
-        name = options.get(b"name")
-        if not name:
-            raise MultipartError("part without a name")
-        text = name.decode("utf-8", "replace")
-        if text in self.parts:
-            raise MultipartError(f"part {text!r} appears twice")
-        if len(self.parts) >= self.max_parts:
-            raise PartTooLarge(f"more than {self.max_parts} parts")
-        filename = options.get(b"filename")
-        ctype = self._headers.get(b"content-type")
-        self._part = Part(
-            text,
-            filename.decode("utf-8", "replace") if filename is not None else None,
-            ctype.decode("latin-1") if ctype else None,
-        )
-        self.parts[text] = self._part
-
-    def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        part = self._part
-        assert part is not None  # the parser calls on_headers_finished first
-        part.size += end - start
-        if part.size > self.max_part_bytes:
-            raise PartTooLarge(
-                f"part {part.name!r} is over the per-item limit of {self.max_part_bytes} bytes"
-            )
-        part.chunks.append(data[start:end])
-
-    def on_end(self) -> None:
-        self.ended = True
+def _part_name(headers: bytes) -> str:
+    """The form field name from a part's header block (CRLF-separated lines, no final CRLF)."""
+    disposition = None
+    lines = headers.split(b"\r\n") if headers else []
+    if len(lines) > MAX_HEADERS:
+        raise MultipartError(f"part with more than {MAX_HEADERS} headers")
+    for line in lines:
+        if len(line) > MAX_HEADER_BYTES:
+            raise MultipartError(f"multipart header line over {MAX_HEADER_BYTES} bytes")
+        field, colon, value = line.partition(b":")
+        if not colon or not _TOKEN.fullmatch(field) or b"\r" in value:
+            raise MultipartError(f"malformed multipart body: bad header line {line[:80]!r}")
+        if field.lower() == b"content-disposition":
+            disposition = value.lstrip(b" ")
+    if disposition is None:
+        raise MultipartError("part without Content-Disposition")
+    simple = _SIMPLE_DISPOSITION.fullmatch(disposition)
+    if simple:
+        name = simple.group(1)
+    else:
+        name = parse_options_header(disposition)[1].get(b"name", b"")
+    if not name:
+        raise MultipartError("part without a name")
+    return name.decode("utf-8", "replace")
 
 
 def parse_parts(
@@ -109,28 +90,78 @@ def parse_parts(
 ) -> dict[str, Part]:
     """Split `body` into parts by name; raise MultipartError, or PartTooLarge naming the part."""
     boundary = boundary_of(content_type)
-    collector = _Collector(max_part_bytes, max_parts)
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_part_begin": collector.on_part_begin,
-            "on_header_field": collector.on_header_field,
-            "on_header_value": collector.on_header_value,
-            "on_header_end": collector.on_header_end,
-            "on_headers_finished": collector.on_headers_finished,
-            "on_part_data": collector.on_part_data,
-            "on_end": collector.on_end,
-        },
-        max_header_count=16,
-    )
-    try:
-        parser.write(body)
-        parser.finalize()
-    except (MultipartError, PartTooLarge):
-        raise
-    except Exception as exc:  # python-multipart raises several types for malformed input
-        raise MultipartError(f"malformed multipart body: {exc}") from exc
-    if not collector.ended:
-        # A cut-off upload must not be taken for a complete one.
-        raise MultipartError("multipart body ends before its closing boundary")
-    return collector.parts
+    first = b"--" + boundary
+    delimiter = b"\r\n--" + boundary
+    size = len(body)
+    pos = 0
+    while pos < size and body[pos] in b"\r\n":
+        pos += 1
+    if not body.startswith(first, pos):
+        if first.startswith(body[pos:]):
+            raise _truncated()
+        raise MultipartError("malformed multipart body: it does not start with the boundary")
+    pos += len(first)
+    parts: dict[str, Part] = {}
+    while True:
+        # Just past a delimiter: "--" closes the body, else CRLF (after the first delimiter,
+        # _next_delimiter has checked the padding).
+        if body.startswith(b"--", pos):
+            return parts
+        while parts and pos < size and body[pos] in b" \t":
+            pos += 1
+        if not body.startswith(b"\r\n", pos):
+            if pos + 2 > size:
+                raise _truncated()
+            raise MultipartError("malformed multipart body: no CRLF after a boundary")
+        pos += 2
+        if body.startswith(b"\r\n", pos):
+            headers, start = b"", pos + 2
+        else:
+            end = body.find(b"\r\n\r\n", pos, pos + (MAX_HEADER_BYTES + 2) * MAX_HEADERS)
+            if end < 0:
+                if size - pos < (MAX_HEADER_BYTES + 2) * MAX_HEADERS:
+                    raise _truncated()
+                raise MultipartError("multipart part headers too long")
+            headers, start = body[pos:end], end + 4
+        name = _part_name(headers)
+        if name in parts:
+            raise MultipartError(f"part {name!r} appears twice")
+        if len(parts) >= max_parts:
+            raise PartTooLarge(f"more than {max_parts} parts")
+        stop = _next_delimiter(body, delimiter, start)
+        if (size if stop < 0 else stop) - start > max_part_bytes:
+            raise PartTooLarge(
+                f"part {name!r} is over the per-item limit of {max_part_bytes} bytes"
+            )
+        if stop < 0:
+            raise _truncated()
+        parts[name] = Part(name, body[start:stop])
+        pos = stop + len(delimiter)
+
+
+def _next_delimiter(body: bytes, delimiter: bytes, start: int) -> int:
+    """Index of the next delimiter that really ends a part, or -1 when the body is cut short.
+
+    The delimiter inside part data is only a boundary when "--", CRLF or padding then CRLF follow;
+    otherwise it is data, as in python-multipart.
+    """
+    size = len(body)
+    at = body.find(delimiter, start)
+    while at >= 0:
+        after = at + len(delimiter)
+        if after + 2 > size:
+            return -1  # too little left to tell: the body was cut here
+        if body.startswith((b"--", b"\r\n"), after):
+            return at
+        if body[after] in b" \t":
+            # Transport padding: only spaces and tabs may come before the CRLF.
+            pad = after
+            while pad < size and body[pad] in b" \t":
+                pad += 1
+            if pad + 2 > size:
+                return -1
+            if not body.startswith(b"\r\n", pad):
+                raise MultipartError("malformed multipart body: no CRLF after boundary padding")
+            return at
+        at = body.find(delimiter, at + 1)
+    return -1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -187,7 +188,15 @@ def _never_connected(exc: Exception) -> bool:
 
 
 def _short(exc: Exception) -> str:
+    """The useful part of a requests/urllib3 error, e.g. "[Errno 111] Connection refused"."""
     text = str(exc)
+    m = re.search(r"\[Errno -?\d+\] [^'\")]+", text) or re.search(
+        r"(Remote end closed connection without response|Connection reset by peer|"
+        r"Connection aborted|Read timed out)",
+        text,
+    )
+    if m:
+        return m.group(0).strip()
     return text if len(text) < 200 else text[:200] + "…"
 
 

@@ -136,6 +136,9 @@ def clear_doubt(conn: sqlite3.Connection, endpoint: str, capture_id: str, at: fl
     )
 
 
+_RANK_OF = "CASE {v} WHEN 'full' THEN 3 WHEN 'blurred' THEN 2 WHEN 'thumbnail' THEN 1 ELSE 0 END"
+
+
 def record_held(
     conn: sqlite3.Connection,
     endpoint: str,
@@ -146,24 +149,22 @@ def record_held(
     via_lookup: bool = False,
 ) -> str:
     """The endpoint acknowledged (or reported) `variant`; return the best variant it now holds."""
+    old = _RANK_OF.format(v="upload_deliveries.held_variant")
+    new = _RANK_OF.format(v="excluded.held_variant")
     row = conn.execute(
-        "SELECT held_variant FROM upload_deliveries WHERE capture_id = ? AND endpoint = ?",
-        (capture_id, endpoint),
+        f"""INSERT INTO upload_deliveries (capture_id, endpoint, held_variant, via_lookup, updated_at)
+            VALUES (?, ?, ?, ?, ?)
+            ON CONFLICT (capture_id, endpoint) DO UPDATE SET
+                held_variant = CASE WHEN upload_deliveries.held_variant IS NOT NULL AND {old} > {new}
+                                    THEN upload_deliveries.held_variant
+                                    ELSE excluded.held_variant END,
+                via_lookup = CASE WHEN upload_deliveries.held_variant IS NULL
+                                  THEN excluded.via_lookup ELSE upload_deliveries.via_lookup END,
+                doubt_variant = NULL, doubt_batch = NULL, updated_at = excluded.updated_at
+            RETURNING held_variant""",
+        (capture_id, endpoint, variant, int(via_lookup), at),
     ).fetchone()
-    best = variant
-    old = None if row is None else row["held_variant"]
-    if old is not None and VARIANT_RANK.get(old, 0) > VARIANT_RANK.get(variant, 0):
-        best = old
-    conn.execute(
-        """INSERT INTO upload_deliveries (capture_id, endpoint, held_variant, via_lookup, updated_at)
-           VALUES (?, ?, ?, ?, ?)
-           ON CONFLICT (capture_id, endpoint) DO UPDATE SET held_variant = excluded.held_variant,
-               doubt_variant = NULL, doubt_batch = NULL, updated_at = excluded.updated_at,
-               via_lookup = CASE WHEN upload_deliveries.held_variant IS NULL
-                                 THEN excluded.via_lookup ELSE upload_deliveries.via_lookup END""",
-        (capture_id, endpoint, best, int(via_lookup), at),
-    )
-    return best
+    return row[0]
 
 
 def in_doubt(conn: sqlite3.Connection, endpoint: str, limit: int = 1000) -> list[sqlite3.Row]:

@@ -179,7 +179,7 @@ class Uploader:
                 raise UploadConfigError(f"{where}: needs both name and url")
             if ep.name in self.endpoints:
                 raise UploadConfigError(f"{where}: endpoint name {ep.name!r} is used twice")
-            self.endpoints[ep.name] = SyncEndpoint(ep, _token(ep.token, ep.token_file, where))
+            self.endpoints[ep.name] = SyncEndpoint(ep, read_token(ep.token, ep.token_file, where))
         self.ranking = rendezvous_rank(
             self.station_id, [(e.name, e.weight) for e in self.endpoints.values()]
         )
@@ -285,6 +285,7 @@ class Uploader:
 
     def run(self, stop: threading.Event) -> None:
         self._stop = stop
+        self._window = None  # after a crash and restart, rank afresh
         if not self.settings.enabled or not self.endpoints:
             self.state = "disabled"
             log.info("uploads off: %s", "disabled" if not self.settings.enabled else "no endpoints")
@@ -758,9 +759,10 @@ class Uploader:
         self.last_error = None
 
     def _mark_uploaded(self, conn: sqlite3.Connection, capture_id: str) -> None:
-        row = conn.execute("SELECT state FROM captures WHERE id = ?", (capture_id,)).fetchone()
-        if row is not None and row["state"] in PENDING:
+        try:
             self.store.set_state(conn, capture_id, "uploaded", expect=PENDING)
+        except StoreError:
+            pass  # no longer pending (failed or evicted meanwhile): the cloud's copy is recorded
 
     def _fail_capture(self, conn: sqlite3.Connection, capture_id: str, reason: str) -> None:
         row = conn.execute("SELECT state FROM captures WHERE id = ?", (capture_id,)).fetchone()
@@ -866,7 +868,7 @@ def _pending_states(config: Any, unanalysed: str) -> tuple[str, ...]:
     return ("analysed",)
 
 
-def _token(token: str, token_file: str, where: str) -> str:
+def read_token(token: str, token_file: str, where: str) -> str:
     if token_file:
         try:
             token = Path(token_file).read_text(encoding="utf-8").strip()

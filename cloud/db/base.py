@@ -67,6 +67,36 @@ CAPTURE_COLUMNS = (
 )
 
 
+# Captures per INSERT statement: 19 parameters each stays far below every driver's limit.
+_ROWS_PER_INSERT = 100
+_CAPTURE_MARKS = "(" + ", ".join(["?"] * 19) + ")"
+
+
+def _capture_values(row: CaptureRow) -> tuple[Any, ...]:
+    """The CAPTURE_COLUMNS values of a row, in order."""
+    return (
+        row.station_id,
+        row.capture_id,
+        row.unit_id,
+        row.path,
+        row.sha256,
+        row.size,
+        row.received_at,
+        row.captured_at,
+        row.time,
+        row.uploaded_at,
+        row.trigger,
+        row.variant,
+        row.image_key,
+        row.image_sha256,
+        row.image_size,
+        None if row.empty is None else int(row.empty),
+        json.dumps(row.meta, separators=(",", ":")),
+        row.unit_time,
+        row.unit_time_kind,
+    )
+
+
 class Database:
     """Portable SQL over a DB-API connection per thread."""
 
@@ -293,58 +323,51 @@ class Database:
         return found
 
     def insert_captures(self, rows: list[CaptureRow]) -> list[bool]:
-        """Insert in one transaction; per row True if inserted, False if (station, id) existed."""
-        inserted = []
+        """Insert in one transaction; per row True if inserted, False if (station, id) existed.
+
+        One multi-row INSERT ... RETURNING per chunk and one for all detections: a batch costs a
+        few statements, not two per capture.
+        """
+        inserted = [False] * len(rows)
         with self.transaction() as cur:
-            for row in rows:
+            for first in range(0, len(rows), _ROWS_PER_INSERT):
+                chunk = rows[first : first + _ROWS_PER_INSERT]
+                marks = ", ".join([_CAPTURE_MARKS] * len(chunk))
                 cur.execute(
-                    f"INSERT INTO captures ({CAPTURE_COLUMNS}) VALUES "
-                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (station_id, capture_id) DO NOTHING",
-                    (
-                        row.station_id,
-                        row.capture_id,
-                        row.unit_id,
-                        row.path,
-                        row.sha256,
-                        row.size,
-                        row.received_at,
-                        row.captured_at,
-                        row.time,
-                        row.uploaded_at,
-                        row.trigger,
-                        row.variant,
-                        row.image_key,
-                        row.image_sha256,
-                        row.image_size,
-                        None if row.empty is None else int(row.empty),
-                        json.dumps(row.meta, separators=(",", ":")),
-                        row.unit_time,
-                        row.unit_time_kind,
-                    ),
+                    f"INSERT INTO captures ({CAPTURE_COLUMNS}) VALUES {marks} "
+                    "ON CONFLICT (station_id, capture_id) DO NOTHING "
+                    "RETURNING station_id, capture_id",
+                    tuple(value for row in chunk for value in _capture_values(row)),
                 )
-                ok = cur.rowcount == 1
-                inserted.append(ok)
-                if ok and row.detections:
-                    cur.executemany(
-                        "INSERT INTO detections (station_id, capture_id, idx, label, grp, score, "
-                        "box_x, box_y, box_w, box_h, model, model_version) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [
-                            (
-                                row.station_id,
-                                row.capture_id,
-                                idx,
-                                d["label"],
-                                d["group"],
-                                d["score"],
-                                *(d["box"] if d.get("box") else (None, None, None, None)),
-                                d.get("model", ""),
-                                d.get("model_version", ""),
-                            )
-                            for idx, d in enumerate(row.detections)
-                        ],
-                    )
+                new = {(r[0], r[1]) for r in cur.fetchall()}
+                for offset, row in enumerate(chunk):
+                    key = (row.station_id, row.capture_id)
+                    if key in new:
+                        new.discard(key)  # the same id twice in one call: the first one won
+                        inserted[first + offset] = True
+            detections = [
+                (
+                    row.station_id,
+                    row.capture_id,
+                    idx,
+                    d["label"],
+                    d["group"],
+                    d["score"],
+                    *(d["box"] if d.get("box") else (None, None, None, None)),
+                    d.get("model", ""),
+                    d.get("model_version", ""),
+                )
+                for row, ok in zip(rows, inserted, strict=True)
+                if ok
+                for idx, d in enumerate(row.detections)
+            ]
+            if detections:
+                cur.executemany(
+                    "INSERT INTO detections (station_id, capture_id, idx, label, grp, score, "
+                    "box_x, box_y, box_w, box_h, model, model_version) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    detections,
+                )
         return inserted
 
     def upgrade_image(

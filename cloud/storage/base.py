@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from cloud.errors import NotFound
+
+# One object to store: its key and its bytes (a memoryview slice of a request body is fine).
+Upload = tuple[str, bytes | memoryview]
+# A `map`: ingest passes a thread pool's, so network stores send a batch's objects in parallel.
+Mapper = Callable[[Callable[[Upload], Any], Iterable[Upload]], Iterator[Any]]
 
 # Keys are built by the service from validated ids; this is the last line of defence.
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*(/[A-Za-z0-9][A-Za-z0-9._:-]*)*$")
@@ -22,6 +29,20 @@ class ObjectStore:
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         raise NotImplementedError
+
+    def put_many(
+        self,
+        objects: Sequence[Upload],
+        content_type: str = "application/octet-stream",
+        run: Mapper = map,
+    ) -> None:
+        """Store several objects; all are complete and durable when this returns.
+
+        The default puts them one by one through `run`; backends that can make a whole batch
+        durable in one step (the local filesystem) override this.
+        """
+        for _ in run(lambda obj: self.put(obj[0], bytes(obj[1]), content_type), objects):
+            pass
 
     def get(self, key: str) -> bytes:
         """Whole object, or raise NotFound."""
@@ -50,4 +71,4 @@ class ObjectStore:
         """Release clients and connections (called at shutdown)."""
 
 
-__all__ = ["NotFound", "ObjectStore", "check_key"]
+__all__ = ["Mapper", "NotFound", "ObjectStore", "Upload", "check_key"]

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
-import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from cloud.errors import BackendUnavailable, NotFound
-from cloud.storage.base import ObjectStore, check_key
+from cloud.storage.base import Mapper, ObjectStore, Upload, check_key
+
+# POSIX_FADV_DONTNEED starts writeback of dirty pages on Linux; absent on some platforms.
+_START_WRITEBACK = getattr(os, "POSIX_FADV_DONTNEED", None)
 
 
 class LocalStore(ObjectStore):
@@ -17,6 +22,7 @@ class LocalStore(ObjectStore):
         self._root_text = str(self.root)
         self._prefix = self._root_text + os.sep
         self.fsync = fsync
+        self._serial = itertools.count()  # unique temp names across threads
 
     def _file(self, key: str) -> str:
         # check_key refuses '..', absolute paths and odd characters, so plain joining stays
@@ -30,29 +36,77 @@ class LocalStore(ObjectStore):
         return Path(self._file(key))
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        path = self._file(key)
-        folder, name = os.path.split(path)
-        # Write a temp file and rename it, so a crash never leaves a half image under the key.
-        # (Strings, not Path objects: this runs for every image and Path parsing shows up.)
-        tmp = f"{folder}/.{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        self.put_many([(key, data)], content_type)
+
+    def put_many(
+        self,
+        objects: Sequence[Upload],
+        content_type: str = "application/octet-stream",
+        run: Mapper = map,
+    ) -> None:
+        """Write each object to a temp file, fsync them all, rename them into place, then fsync
+        each changed folder once: a batch becomes durable in one step, not one per image.
+
+        A crash never leaves a half image under a key (only a temp file). `run` is not used: the
+        work is system calls on one disk, not waiting on a network.
+        """
+        written: list[tuple[int, str, str]] = []  # (fd, temp path, final path)
+        folders: set[str] = set()
+        try:
+            for key, data in objects:
+                path = self._file(key)
+                folder, name = os.path.split(path)
+                # Strings, not Path objects: this runs for every image and Path parsing shows up.
+                tmp = f"{folder}/.{name}.{os.getpid()}-{next(self._serial)}.tmp"
+                fd = self._create(tmp, folder, folders)
+                written.append((fd, tmp, path))
+                folders.add(folder)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            if self.fsync:
+                if _START_WRITEBACK is not None:
+                    # Start writing every file out first, so the fsyncs below wait on I/O that
+                    # overlaps instead of issuing it one file at a time.
+                    for fd, _, _ in written:
+                        os.posix_fadvise(fd, 0, 0, _START_WRITEBACK)
+                for fd, _, _ in written:
+                    os.fsync(fd)
+        except BaseException:
+            for fd, tmp, _ in written:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            raise
+        for fd, _, _ in written:
+            os.close(fd)
+        for _, tmp, path in written:
+            os.replace(tmp, path)
+        if self.fsync:
+            # The renames (and any new folders) are durable only once their folders are synced.
+            for folder in sorted(folders, key=len, reverse=True):
+                fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+    def _create(self, tmp: str, folder: str, folders: set[str]) -> int:
+        """Open a new temp file, making missing folders (their parents then need a sync too)."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         try:
-            fd = os.open(tmp, flags, 0o644)
+            return os.open(tmp, flags, 0o644)
         except FileNotFoundError:
-            os.makedirs(folder, exist_ok=True)
-            fd = os.open(tmp, flags, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if self.fsync:
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
-            raise
-        os.close(fd)
-        os.replace(tmp, path)
+            pass
+        missing = []
+        while not os.path.isdir(folder):  # stops at the root at the latest (made in __init__)
+            missing.append(folder)
+            folder = os.path.dirname(folder)
+        for new in reversed(missing):
+            with contextlib.suppress(FileExistsError):  # a concurrent upload made it first
+                os.mkdir(new)
+            folders.add(os.path.dirname(new))
+        return os.open(tmp, flags, 0o644)
 
     def get(self, key: str) -> bytes:
         try:

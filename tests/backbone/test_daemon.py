@@ -224,3 +224,5 @@ def test_demo_runs_the_whole_chain_and_ends_with_json():
     summary = json.loads(r.stdout[r.stdout.rindex("\n{") + 1 :])
     assert summary["captures_acknowledged"] == 6 and summary["all_stored"]
     assert summary["by_path"]["serial"]["in_buffer"] >= 2
+    assert summary["cloud"]["captures"] == 6 and summary["all_uploaded"]
+    assert summary["detections"]["animal"] >= 1  # the demo detector ran on the frames

@@ -65,14 +65,18 @@ def new_station(tmp_path: Path, links: dict[str, Cloud]) -> Iterator[Callable[..
     made: list[Station] = []
 
     def make(
-        station_id: str | None = None, *, primary: str | None = None, **upload: Any
+        station_id: str | None = None,
+        *,
+        primary: str | None = None,
+        data_dir: Path | None = None,
+        **upload: Any,
     ) -> Station:
         station_id = station_id or station_with_primary(primary, f"up{next(_station_counter)}")
         tokens = {n: c.service.add_station(station_id) for n, c in links.items()}
         urls = {n: c.proxy.url for n, c in links.items()}
         text = upload_toml(station_id, tokens, urls, **upload)
         config = parse_config(text, "test.toml")
-        store = Store(tmp_path / f"{station_id}.sqlite3")
+        store = Store(data_dir / "buffer.db" if data_dir else tmp_path / f"{station_id}.sqlite3")
         metrics = Metrics()
         station = Station(
             station_id, store, metrics, Uploader(store, config, metrics), tokens, text, config

@@ -133,3 +133,40 @@ def _probes(station, endpoint: str) -> float:
         {"endpoint": endpoint, "kind": "ping", "result": "error"},
     )
     return value or 0.0
+
+
+def test_a_refused_token_fails_over_and_says_why(new_station, links):
+    station = new_station(primary="aws")
+    station.uploader.endpoints["aws"]._token = "fsc_wrong"
+    ids = add_captures(station.store, 6, kinds=["animal"])
+    station.start()
+    wait_for(lambda: station.pending_or_doubt() == 0, what="drained via failover")
+    station.stop()
+    held = assert_consistent(station, links)
+    assert held["aws"] == set()
+    assert held["azure"] | held["gcp"] == set(ids)
+    aws = next(e for e in station.uploader.status()["endpoints"] if e["name"] == "aws")
+    assert aws["breaker"] == "open" and "HTTP 401" in aws["last_error"]
+
+
+def test_all_three_failing_at_once_then_healed(new_station, links):
+    links["gcp"].start(
+        env={
+            "FIELDSTATION_CLOUD_LIMITS_RATE_LIMIT_PER_MINUTE": "120",
+            "FIELDSTATION_CLOUD_LIMITS_RATE_LIMIT_BURST": "1",
+        }
+    )
+    station = new_station(primary="aws", batch_max_items=4)
+    add_captures(station.store, 40, kinds=["person", "animal", "vehicle", "empty", "received"])
+    links["aws"].proxy.set("delay", delay_s=0.02)
+    links["azure"].proxy.set("error500")
+    station.start()
+    wait_for(lambda: _uploaded(station) >= 4, what="first batches at the slow primary")
+    links["aws"].stop()  # the slow primary dies mid-drain
+    wait_for(lambda: _uploaded(station) >= 20, what="progress through the 429s")
+    links["aws"].start()
+    links["aws"].proxy.set("pass")
+    links["azure"].proxy.set("pass")
+    wait_for(lambda: station.pending_or_doubt() == 0, what="healed and drained")
+    station.stop()
+    assert_consistent(station, links)

@@ -1,0 +1,133 @@
+"""`fieldstation upload status|check`: what the uploader recorded, and whether endpoints answer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.config import load_config
+from agent.store import Store, StoreError
+from agent.upload import ledger
+from agent.upload.routing import rendezvous_rank
+from agent.upload.settings import EndpointConfig
+
+RANK_NAMES = {0: "person/animal", 1: "other detections", 2: "not analysed", 3: "empty"}
+
+
+def add_subcommands(subparsers: Any) -> None:
+    """Add `upload status` and `upload check` to the fieldstation command."""
+    upload = subparsers.add_parser("upload", help="uploads to the sync endpoints")
+    usub = upload.add_subparsers(dest="upload_command", required=True)
+    for name, func, text in (
+        ("status", cmd_status, "endpoints, primary, in-doubt, bytes per endpoint per day, backlog"),
+        ("check", cmd_check, "probe every endpoint (ping, then the station's token)"),
+    ):
+        sp = usub.add_parser(name, help=text)
+        sp.add_argument("--config", type=Path, default=None, help="station TOML")
+        sp.add_argument("--data-dir", type=Path, default=None, help="override station.data_dir")
+        sp.add_argument("--json", action="store_true", help="print JSON")
+        sp.set_defaults(func=func)
+
+
+def _config(args: argparse.Namespace) -> Any:
+    config = load_config(args.config)
+    if args.data_dir:
+        config = config.replace("station", data_dir=str(args.data_dir))
+    return config
+
+
+def upload_report(store: Store, config: Any, days: int = 7) -> dict[str, Any]:
+    """The uploader's records in the buffer, readable without the daemon."""
+    eps = config.upload.endpoints
+    ranking = rendezvous_rank(config.station_id, [(e.name, e.weight) for e in eps])
+    since = time.strftime("%Y-%m-%d", time.localtime(time.time() - days * 86400))
+    with store.read() as conn:
+        held = ledger.held_counts(conn)
+        doubt = ledger.doubt_counts(conn)
+        traffic: dict[str, dict[str, int]] = {}
+        for r in conn.execute(
+            "SELECT endpoint, day, bytes FROM upload_bytes WHERE day > ? ORDER BY day", (since,)
+        ):
+            traffic.setdefault(r[0], {})[r[1]] = r[2]
+        backlog = {
+            RANK_NAMES[r[0]]: {"captures": r[1], "bytes": r[2]}
+            for r in conn.execute(
+                f"""SELECT {ledger.RANK_SQL} AS rank, count(*), coalesce(sum(size), 0)
+                    FROM captures c WHERE state IN ('received', 'analysed')
+                    GROUP BY rank ORDER BY rank"""
+            )
+        }
+    return {
+        "station_id": config.station_id,
+        "primary": ranking[0] if ranking else None,
+        "ranking": ranking,
+        "endpoints": [
+            {
+                "name": name,
+                "held": held.get(name, 0),
+                "in_doubt": doubt.get(name, 0),
+                "bytes_by_day": traffic.get(name, {}),
+            }
+            for name in ranking
+        ],
+        "backlog": backlog,
+    }
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = _config(args)
+    try:
+        store = Store(config.data_dir / "buffer.db", readonly=True)
+    except StoreError as exc:
+        raise SystemExit(f"fieldstation: {exc} (is --data-dir right?)") from None
+    report = upload_report(store, config)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"station   {report['station_id']}  primary {report['primary'] or 'none configured'}")
+    today = time.strftime("%Y-%m-%d")
+    for ep in report["endpoints"]:
+        print(
+            f"  {ep['name']:<10} holds {ep['held']:>7}  in doubt {ep['in_doubt']:>5}  "
+            f"today {ep['bytes_by_day'].get(today, 0):>12} B  "
+            f"7 days {sum(ep['bytes_by_day'].values()):>12} B"
+        )
+    for rank, b in report["backlog"].items():
+        print(f"  backlog {rank:<17} {b['captures']:>7} captures {b['bytes']:>12} B")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from agent.upload.client import EndpointError, SyncEndpoint
+    from agent.upload.worker import UploadConfigError, read_token
+
+    config = _config(args)
+    results = []
+    for i, ep in enumerate(config.upload.endpoints):
+        ep: EndpointConfig
+        row: dict[str, Any] = {"name": ep.name, "url": ep.url}
+        try:
+            client = SyncEndpoint(ep, read_token(ep.token, ep.token_file, f"upload.endpoints[{i}]"))
+        except UploadConfigError as exc:
+            row.update(ok=False, error=str(exc))
+            results.append(row)
+            continue
+        row["ping"] = client.ping()
+        try:
+            client.lookup([])
+            row.update(ok=row["ping"], error=None)
+        except EndpointError as exc:
+            row.update(ok=False, error=str(exc))
+        results.append(row)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        if not results:
+            print("no [[upload.endpoints]] configured")
+        for r in results:
+            verdict = "ok" if r["ok"] else f"FAILED: {r['error'] or 'no answer to ping'}"
+            print(f"{r['name']:<10} {r['url']:<40} {verdict}")
+    return 0 if results and all(r["ok"] for r in results) else 1
