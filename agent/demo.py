@@ -189,6 +189,7 @@ check_on_start = false
                 unit_name = unit.unit_id
             ms = (time.perf_counter() - t0) * 1000
             progress.stored(path, unit_name, capture_id, len(jpeg), ms, outcome)
+            time.sleep(0.1)  # a camera network trickles; let analysis and upload show as they go
             results.append({"path": path, "unit": unit_name, "ok": ok, "bytes": len(jpeg)})
         if station.inference is not None and detector:
             with analysed_event:
