@@ -349,6 +349,22 @@ class CaptureChunk(Message):
             raise ProtocolError("CAPTURE_CHUNK: empty data")
 
 
+_CHUNK_HEAD = struct.Struct("<IH")
+
+
+def _decode_chunk(payload: bytes) -> CaptureChunk:
+    """CaptureChunk is most of the traffic: decode it without the generic field walk."""
+    if len(payload) < _CHUNK_HEAD.size:
+        raise ProtocolError("CAPTURE_CHUNK: payload ends inside field 'index'")
+    capture_id, index = _CHUNK_HEAD.unpack_from(payload)
+    msg = CaptureChunk(capture_id, index, payload[_CHUNK_HEAD.size :])
+    msg.validate()
+    return msg
+
+
+CaptureChunk.decode_payload = staticmethod(_decode_chunk)  # type: ignore[method-assign,assignment]
+
+
 @dataclass(frozen=True)
 class Ack(Message):
     TYPE = FrameType.ACK
@@ -479,38 +495,43 @@ class StreamDecoder:
         """Add bytes; yield every complete, CRC-valid frame now in the buffer."""
         self._buf += data
         buf = self._buf
-        while True:
-            start = buf.find(SYNC)
-            if start < 0:
-                # keep a trailing A5: it may be the first half of a sync split across reads
-                keep = 1 if buf[-1:] == SYNC[:1] else 0
-                self.noise_bytes += len(buf) - keep
-                del buf[: len(buf) - keep]
-                return
-            if start:
-                self.noise_bytes += start
-                del buf[:start]
-            if len(buf) < HEADER_SIZE:
-                return
-            _, version, ftype, seq, length = HEADER.unpack_from(buf)
-            if version != VERSION or ftype not in MESSAGES or length > self.max_payload:
-                self._skip_sync()
-                continue
-            end = HEADER_SIZE + length + CRC_SIZE
-            if len(buf) < end:
-                return
-            (crc,) = struct.unpack_from("<I", buf, HEADER_SIZE + length)
-            if crc != crc32(bytes(buf[2 : HEADER_SIZE + length])):
-                self.crc_errors += 1
-                self._skip_sync()
-                continue
-            frame = Frame(FrameType(ftype), seq, bytes(buf[HEADER_SIZE : HEADER_SIZE + length]))
-            del buf[:end]
-            yield frame
-
-    def _skip_sync(self) -> None:
-        self.noise_bytes += 1
-        del self._buf[:1]
+        pos = 0  # consumed bytes are dropped once at the end, not frame by frame
+        try:
+            while True:
+                start = buf.find(SYNC, pos)
+                if start < 0:
+                    # keep a trailing A5: it may be the first half of a sync split across reads
+                    keep = 1 if buf[-1:] == SYNC[:1] else 0
+                    rest = max(pos, len(buf) - keep)  # never step back into a consumed frame
+                    self.noise_bytes += rest - pos
+                    pos = rest
+                    return
+                self.noise_bytes += start - pos
+                pos = start
+                if len(buf) - pos < HEADER_SIZE:
+                    return
+                _, version, ftype, seq, length = HEADER.unpack_from(buf, pos)
+                if version != VERSION or ftype not in MESSAGES or length > self.max_payload:
+                    self.noise_bytes += 1
+                    pos += 1
+                    continue
+                end = pos + HEADER_SIZE + length + CRC_SIZE
+                if len(buf) < end:
+                    return
+                (crc,) = struct.unpack_from("<I", buf, end - CRC_SIZE)
+                with memoryview(buf) as view:
+                    actual = zlib.crc32(view[pos + 2 : end - CRC_SIZE]) & 0xFFFFFFFF
+                if crc != actual:
+                    self.crc_errors += 1
+                    self.noise_bytes += 1
+                    pos += 1
+                    continue
+                frame = Frame(FrameType(ftype), seq, bytes(buf[pos + HEADER_SIZE : end - CRC_SIZE]))
+                pos = end
+                yield frame
+        finally:
+            if pos:
+                del buf[:pos]
 
     @property
     def buffered(self) -> int:

@@ -106,6 +106,8 @@ def start_station(folder: Path, broker: PrivateBroker, ports: list[str]) -> tupl
         f'[mqtt]\nenabled = true\nport = {broker.port}\nclient_id = "bench-station"\n'
         f"[serial]\nports = [{port_list}]\n"
         f'[log]\nlevel = "warning"\n'
+        # ingest alone: inference (bench_inference.py) would add its own commit per capture
+        "[inference]\nenabled = false\n"
     )
     proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(cfg)])
     for _ in range(300):
@@ -192,6 +194,8 @@ def drive_serial(masters: list[int], blobs: list[bytes]) -> float:
                 if f is None:
                     raise RuntimeError("no ACK within 30 s")
                 msg = f.message()
+                if isinstance(msg, p.Nak):
+                    raise RuntimeError(f"station refused capture {k} of unit {i}: {msg}")
                 if isinstance(msg, p.Ack) and msg.capture_id == k:
                     acked[i] += 1
                     break

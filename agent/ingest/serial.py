@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import threading
 from collections.abc import Callable
 
@@ -100,8 +101,15 @@ class SerialLink:
     def _read(self, ser: serial.Serial, stop: threading.Event) -> None:
         decoder = p.StreamDecoder(self.limits.max_frame_payload)
         noise_seen = 0
+        fd = ser.fileno()
         while not stop.is_set():
-            data = ser.read(ser.in_waiting or 1)
+            # straight to the fd: pyserial's read() costs more per call than the frame work
+            readable, _, _ = select.select([fd], [], [], 0.5)
+            data = b""
+            if readable:
+                data = os.read(fd, 65536)
+                if not data:  # readable but empty: the device went away
+                    raise serial.SerialException(f"{self.port} disconnected")
             if data:
                 for frame in decoder.feed(data):
                     self.assembler.handle_frame(frame)

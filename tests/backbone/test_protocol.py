@@ -169,3 +169,33 @@ def test_absurd_length_field_is_noise(tail, length):
     frames = list(decoder.feed(header + tail))
     if length > 1024:
         assert frames == [] or all(len(f.payload) <= 1024 for f in frames)
+
+
+@given(st.lists(messages, min_size=1, max_size=8), st.lists(st.integers(1, 400), min_size=1))
+@settings(max_examples=300)
+def test_a_clean_stream_in_any_split_yields_every_frame_and_no_noise(msgs, cuts):
+    stream = b"".join(p.encode_frame(m, i) for i, m in enumerate(msgs))
+    decoder = p.StreamDecoder()
+    got, i, k = [], 0, 0
+    while i < len(stream):
+        size = cuts[k % len(cuts)]
+        got.extend(f.message() for f in decoder.feed(stream[i : i + size]))
+        # a CRC byte that happens to be A5 must not be counted, or re-read, as a sync start
+        assert decoder.noise_bytes == 0
+        i, k = i + size, k + 1
+    assert got == msgs
+    assert decoder.crc_errors == 0
+
+
+def test_frame_ending_in_a5_then_more_frames():
+    for seq in range(2000):  # find a frame whose CRC's last byte is A5
+        frame = p.encode_frame(p.Ack(seq), seq)
+        if frame[-1] == 0xA5:
+            break
+    else:
+        raise AssertionError("no frame with a trailing A5 in 2000 tries")
+    decoder = p.StreamDecoder()
+    assert [f.seq for f in decoder.feed(frame)] == [seq]
+    assert decoder.noise_bytes == 0 and decoder.buffered == 0
+    assert [f.seq for f in decoder.feed(p.encode_frame(p.Ack(1), 7))] == [7]
+    assert decoder.noise_bytes == 0
