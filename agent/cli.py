@@ -105,9 +105,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 print(
                     f"  worker {w['name']}: restarts {w['restarts']}, last error {w['last_error']}"
                 )
-        for extra in ("upload", "inference", "power"):
-            if daemon.get(extra):
-                print(f"{extra:<9} {json.dumps(daemon[extra], default=str)}")
+        _print_inference(daemon.get("inference"))
+        _print_upload(daemon.get("upload"))
     else:
         print(f"daemon    not reachable on {config.http.listen}")
     bs = summary["by_state"]
@@ -127,6 +126,37 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{_ago(now - u['last_seen'])}  battery {battery}  fw {u['firmware_version'] or '-'}"
         )
     return 0
+
+
+def _print_inference(inf: dict[str, Any] | None) -> None:
+    if not inf:
+        print("inference off")
+        return
+    models = ", ".join(inf["models"]) or "none (captures passed on unanalysed)"
+    counts = ", ".join(f"{k} {v}" for k, v in inf["counts"].items() if v) or "nothing yet"
+    print(f"inference {models}; {counts}; people: {inf['person_policy']}")
+    if inf.get("error"):
+        print(f"  error: {inf['error']}")
+
+
+def _print_upload(up: dict[str, Any] | None) -> None:
+    if not up:
+        print("upload    off (no [[upload.endpoints]])")
+        return
+    via = f" via {up['current']}" if up.get("current") else ""
+    budget = up.get("budget_left_bytes")
+    left = f", budget left {_size(budget)}" if budget is not None else ""
+    print(
+        f"upload    {up['state']}{via} (primary {up['primary']}), backlog "
+        f"{up['backlog']['captures']} ({_size(up['backlog']['bytes'])}), "
+        f"sent today {_size(up['bytes_today'])}{left}"
+    )
+    for ep in up["endpoints"]:
+        err = f"  last error: {ep['last_error']}" if ep.get("last_error") else ""
+        print(
+            f"  {ep['name']:<10} {ep['breaker']:<9} holds {ep['held']:>6}  in doubt "
+            f"{ep['in_doubt']:>4}  today {_size(ep['bytes_today']):>10}{err}"
+        )
 
 
 def cmd_queue(args: argparse.Namespace) -> int:

@@ -101,6 +101,15 @@ def test_systemd_notify_ready_watchdog_and_clean_sigterm(tmp_path):
         assert "fieldstation_queue_captures" in requests.get(f"{url}/metrics", timeout=5).text
         status = requests.get(f"{url}/api/status", timeout=5).json()
         assert status["station_id"] == "proc-station" and status["workers"]
+        shown = subprocess.run(
+            [sys.executable, "-m", "agent", "status", "--config", str(tmp_path / "station.toml")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert "daemon    running" in shown.stdout and "workers up" in shown.stdout
+        assert "upload    off" in shown.stdout and "inference none" in shown.stdout
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         rest = []
