@@ -1,0 +1,25 @@
+"""The code stays as STYLE.md asks: ruff-formatted and ruff-clean (config in pyproject.toml)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parents[2]
+
+
+def _ruff(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ruff", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_ruff_check_is_clean():
+    r = _ruff("check", ".")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_ruff_format_is_applied():
+    r = _ruff("format", "--check", ".")
+    assert r.returncode == 0, r.stdout + r.stderr
