@@ -3,7 +3,8 @@
 Four concurrent clients send batches of 50 KiB captures (multipart, as the station uploader does)
 to `fieldstation-cloud serve` and, in the same run, to a bare ASGI app under the same uvicorn
 settings that only reads the same request bodies. Printed ratios are cloud / bare.
-Backends: SQLite + local filesystem (the default, fsync on) and PostgreSQL + moto S3.
+Backends: SQLite + local filesystem (the default, fsync on) and PostgreSQL + moto S3. Each line
+also shows the server process's CPU per batch (from /proc, Linux), the budget the ratio depends on.
 
     python bench/bench_cloud.py [--clients 4] [--batches 25] [--batch-size 10]
                                 [--backends sqlite,sqlite-nofsync,postgres]
@@ -189,10 +190,29 @@ def bare_server() -> Any:
     url = f"http://127.0.0.1:{port}"
     try:
         _wait(url + "/", process)
-        yield url
+        yield url, process.pid
     finally:
         process.terminate()
         process.wait(30)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and all its threads so far (Linux /proc; else 0)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(pid: int, url: str, tokens: list[str], work: Any) -> dict[str, float]:
+    """run_clients plus the server's CPU milliseconds per batch over the round."""
+    before = cpu_seconds(pid)
+    result = run_clients(url, tokens, work)
+    batches = sum(len(w) for w in work)
+    result["server_cpu_ms"] = (cpu_seconds(pid) - before) / batches * 1000
+    return result
 
 
 def _wait(url: str, process: subprocess.Popen[bytes]) -> None:
@@ -274,7 +294,7 @@ def main() -> None:
     # the printed figures are the medians over the rounds.
     bare_rounds: list[dict[str, float]] = []
     with ExitStack() as stack:
-        bare_url = stack.enter_context(bare_server())
+        bare_url, bare_pid = stack.enter_context(bare_server())
         run_clients(bare_url, ["-"] * args.clients, warm)
         targets = {}
         for name in args.backends.split(","):
@@ -289,10 +309,10 @@ def main() -> None:
             targets[name] = (service, tokens, [])
         for _ in range(args.rounds):
             work = [build_batches(s, args.batches, args.batch_size) for s in stations]
-            bare_rounds.append(run_clients(bare_url, ["-"] * args.clients, work))
+            bare_rounds.append(measured(bare_pid, bare_url, ["-"] * args.clients, work))
             for service, tokens, rounds in targets.values():
                 work = [build_batches(s, args.batches, args.batch_size) for s in stations]
-                rounds.append(run_clients(service.url, tokens, work))
+                rounds.append(measured(service.process.pid, service.url, tokens, work))
     bare = _median(bare_rounds)
     print(_line("bare ASGI handler (reads body)", bare, None))
     for name, (_, _, rounds) in targets.items():
@@ -318,7 +338,8 @@ def _median(rounds: list[dict[str, float]]) -> dict[str, float]:
 def _line(label: str, m: dict[str, float], bare: dict[str, float] | None) -> str:
     text = (
         f"{label:<36} {m['captures_per_s']:8.1f} captures/s  {m['mib_per_s']:6.1f} MiB/s  "
-        f"p50 {m['p50_ms']:7.1f} ms  p99 {m['p99_ms']:7.1f} ms"
+        f"p50 {m['p50_ms']:7.1f} ms  p99 {m['p99_ms']:7.1f} ms  "
+        f"server CPU {m['server_cpu_ms']:5.1f} ms/batch"
     )
     if bare:
         text += (

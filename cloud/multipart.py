@@ -35,7 +35,7 @@ class PartTooLarge(ValueError):
 @dataclass
 class Part:
     name: str
-    data: bytes
+    data: memoryview  # a slice of the request body, not a copy
 
     @property
     def size(self) -> int:
@@ -102,6 +102,7 @@ def parse_parts(
         raise MultipartError("malformed multipart body: it does not start with the boundary")
     pos += len(first)
     parts: dict[str, Part] = {}
+    view = memoryview(body)
     while True:
         # Just past a delimiter: "--" closes the body, else CRLF (after the first delimiter,
         # _next_delimiter has checked the padding).
@@ -135,7 +136,7 @@ def parse_parts(
             )
         if stop < 0:
             raise _truncated()
-        parts[name] = Part(name, body[start:stop])
+        parts[name] = Part(name, view[start:stop])
         pos = stop + len(delimiter)
 
 

@@ -85,7 +85,7 @@ class LocalStore(ObjectStore):
         if self.fsync:
             # The renames (and any new folders) are durable only once their folders are synced.
             for folder in sorted(folders, key=len, reverse=True):
-                fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+                fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
                 try:
                     os.fsync(fd)
                 finally:
