@@ -762,7 +762,14 @@ class Uploader:
         try:
             self.store.set_state(conn, capture_id, "uploaded", expect=PENDING)
         except StoreError:
-            pass  # no longer pending (failed or evicted meanwhile): the cloud's copy is recorded
+            return  # no longer pending (failed or evicted meanwhile): the cloud's copy is recorded
+        # privacy "blur": the unblurred original never leaves the station and is gone once the
+        # blurred copy is safe in a cloud (same commit as the acknowledgement)
+        conn.execute(
+            """DELETE FROM images WHERE capture_id = ? AND variant = 'original'
+               AND EXISTS (SELECT 1 FROM captures WHERE id = ? AND upload_variant = 'blurred')""",
+            (capture_id, capture_id),
+        )
 
     def _fail_capture(self, conn: sqlite3.Connection, capture_id: str, reason: str) -> None:
         row = conn.execute("SELECT state FROM captures WHERE id = ?", (capture_id,)).fetchone()

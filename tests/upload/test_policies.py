@@ -136,3 +136,28 @@ def _heartbeats(station, endpoint: str) -> float:
         {"endpoint": endpoint, "kind": "heartbeat", "result": "ok"},
     )
     return value or 0.0
+
+
+def test_a_blurred_capture_sends_only_the_blurred_copy_and_then_drops_the_original(
+    new_station, links
+):
+    from upload_helpers import jpeg
+
+    station = new_station(primary="aws")
+    (cid,) = add_captures(station.store, 1, kinds=["person"])
+    blurred = jpeg(999)
+    with station.store.transaction() as conn:  # what the inference worker's privacy step writes
+        conn.execute(
+            "INSERT INTO images (capture_id, variant, bytes, jpeg) VALUES (?, 'blurred', ?, ?)",
+            (cid, len(blurred), blurred),
+        )
+        conn.execute("UPDATE captures SET upload_variant = 'blurred' WHERE id = ?", (cid,))
+    assert station.store.read_image(cid, "original") is not None
+    station.start()
+    wait_for(lambda: station.pending_or_doubt() == 0, what="drained")
+    station.stop()
+    records = links["aws"].records(station.station_id)
+    assert [(r["capture_id"], r["variant"]) for r in records] == [(cid, "blurred")]
+    assert station.store.get_capture(cid)["state"] == "uploaded"
+    assert station.store.read_image(cid, "original") is None  # never left, now gone
+    assert station.store.read_image(cid, "blurred") == blurred
