@@ -60,7 +60,7 @@ def run_demo(captures: int = 12, as_json: bool = False, keep: bool = False) -> i
     progress = _Progress(captures, quiet)
     say = progress.line
     broker: PrivateBroker | None = None
-    if shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists():
+    if shutil.which("mosquitto"):
         try:
             broker = PrivateBroker().start()
         except (OSError, RuntimeError) as exc:

@@ -235,3 +235,22 @@ def test_demo_runs_the_whole_chain_and_ends_with_json():
     assert summary["by_path"]["serial"]["in_buffer"] >= 2
     assert summary["cloud"]["captures"] == 6 and summary["all_uploaded"]
     assert summary["detections"]["animal"] >= 1  # the demo detector ran on the frames
+
+
+def test_demo_needs_no_broker():
+    env = {
+        **os.environ,
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+    }  # Debian's mosquitto is in /usr/sbin
+    r = subprocess.run(
+        [sys.executable, "-m", "agent", "demo", "--captures", "4", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "mqtt          off" in r.stdout
+    summary = json.loads(r.stdout[r.stdout.rindex("\n{") + 1 :])
+    assert summary["mqtt"] is False and summary["all_stored"]
+    assert set(summary["by_path"]) == {"serial", "http"}
