@@ -10,12 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from agent import __version__
-from agent.config import ConfigError, example_config, load_config
-from agent.daemon import BUFFER_FILE, run_daemon
-from agent.store import Store, StoreError
+from agent.config import ComponentConfigError, ConfigError, example_config, load_config
+from agent.store import BUFFER_FILE, Store, StoreError
 
 
 def _load(args: argparse.Namespace):  # noqa: ANN202
@@ -28,6 +25,8 @@ def _load(args: argparse.Namespace):  # noqa: ANN202
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from agent.daemon import run_daemon  # the daemon's imports are only paid by `run`
+
     config = _load(args)
     _setup_logging(config.log.level)
     return run_daemon(config)
@@ -61,6 +60,8 @@ def _open_readonly(args: argparse.Namespace) -> tuple[Any, Store]:
 
 
 def _daemon_status(config: Any) -> dict[str, Any] | None:
+    import requests
+
     host, _, port = config.http.listen.rpartition(":")
     host = host.strip("[]")
     if host in ("0.0.0.0", "::", ""):
@@ -73,8 +74,7 @@ def _daemon_status(config: Any) -> dict[str, Any] | None:
         data = r.json()
     except (requests.RequestException, ValueError):
         return None
-    # another station may listen there; only trust it when it is ours
-    return data if Path(data.get("buffer", "")) == (config.data_dir / BUFFER_FILE) else data
+    return data
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -283,11 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"fieldstation: configuration rejected:\n{exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:
-        # component set-up errors that name a config value (e.g. an upload token file missing)
-        if type(exc).__name__ == "UploadConfigError":
-            print(f"fieldstation: configuration rejected: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except ComponentConfigError as exc:
+        print(f"fieldstation: configuration rejected: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130

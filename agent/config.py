@@ -179,6 +179,10 @@ class ConfigError(ValueError):
         super().__init__("\n".join(p.render(source) for p in problems))
 
 
+class ComponentConfigError(ValueError):
+    """A component refused its validated settings at start (e.g. a token file is missing)."""
+
+
 class Config:
     """Every section, validated. Attribute access by section name: `config.mqtt.port`."""
 
@@ -249,13 +253,9 @@ def load_config(
     makes a missing file an error (for `config check`).
     """
     env = dict(os.environ) if env is None else env
-    if path is None:
-        path = DEFAULT_PATH
-        required = required and True
-        if not path.exists():
-            return _build({}, "", "<defaults>", env)
-    path = Path(path)
+    path = DEFAULT_PATH if path is None else Path(path)
     if not path.exists():
+        # the default path may be absent (every key has a default); a named file may not
         if required or path != DEFAULT_PATH:
             raise ConfigError(str(path), [Problem("(file)", None, "file does not exist")])
         return _build({}, "", "<defaults>", env)

@@ -19,13 +19,11 @@ from agent.ingest.mqtt import MqttIngest
 from agent.ingest.serial import SerialIngest, SerialLink
 from agent.metrics import Metrics
 from agent.sdnotify import notify, watchdog_interval
-from agent.store import Store
+from agent.store import BUFFER_FILE, Store
 from agent.supervisor import Supervisor
 from agent.web import HttpListener, intake_app, main_app
 
 log = logging.getLogger(__name__)
-
-BUFFER_FILE = "buffer.db"
 
 
 class Maintenance:
@@ -209,7 +207,7 @@ class Station:
             "buffer": str(self.store.path),
             "workers": self.supervisor.status(),
             "links": {
-                **{link.name: link._serial is not None for link in self.serial_links},
+                **{link.name: link.is_open for link in self.serial_links},
                 **({"mqtt": self.mqtt.connected.is_set()} if self.mqtt else {}),
             },
             "queue": self.store.queue_summary(),

@@ -32,15 +32,13 @@ DEMO_MODEL = Path(__file__).resolve().parents[1] / "models" / "fixtures" / "scen
 
 
 class _Progress:
-    def __init__(self, total: int, quiet: bool) -> None:
+    def __init__(self, total: int) -> None:
         self.total = total
-        self.quiet = quiet
         self.done = 0
         self.lock = threading.Lock()
 
     def line(self, text: str) -> None:
-        if not self.quiet:
-            print(text, flush=True)
+        print(text, flush=True)
 
     def stored(
         self, path: str, unit: str, capture_id: str, size: int, ms: float, outcome: str
@@ -56,8 +54,7 @@ class _Progress:
 def run_demo(captures: int = 12, as_json: bool = False, keep: bool = False) -> int:
     captures = max(1, captures)
     workdir = Path(tempfile.mkdtemp(prefix="fieldstation-demo-"))
-    quiet = False
-    progress = _Progress(captures, quiet)
+    progress = _Progress(captures)
     say = progress.line
     broker: PrivateBroker | None = None
     if shutil.which("mosquitto"):
@@ -267,7 +264,7 @@ def _wait_link(station: Station, unit: VirtualUnit, timeout: float = 15) -> None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if isinstance(unit.link, PtySerialLink):
-            if any(link._serial is not None for link in station.serial_links):
+            if any(link.is_open for link in station.serial_links):
                 return
         elif station.mqtt and station.mqtt.connected.is_set():
             return

@@ -251,6 +251,7 @@ _CONFIG_LAYOUT = (
     ("station_time_ms", "Q"),
 )
 NO_QUIET_PERIOD = 0xFFFF
+_CHUNK_HEAD = struct.Struct("<IH")  # capture_id, index
 
 
 def _validate_config(msg: Config | ConfigReport) -> None:
@@ -344,25 +345,19 @@ class CaptureChunk(Message):
     index: int
     data: bytes
 
+    @classmethod
+    def decode_payload(cls, payload: bytes) -> CaptureChunk:
+        """Most of the traffic: decoded without the generic field walk."""
+        if len(payload) < _CHUNK_HEAD.size:
+            raise ProtocolError("CAPTURE_CHUNK: payload ends inside field 'index'")
+        capture_id, index = _CHUNK_HEAD.unpack_from(payload)
+        msg = cls(capture_id, index, payload[_CHUNK_HEAD.size :])
+        msg.validate()
+        return msg
+
     def validate(self) -> None:
         if not self.data:
             raise ProtocolError("CAPTURE_CHUNK: empty data")
-
-
-_CHUNK_HEAD = struct.Struct("<IH")
-
-
-def _decode_chunk(payload: bytes) -> CaptureChunk:
-    """CaptureChunk is most of the traffic: decode it without the generic field walk."""
-    if len(payload) < _CHUNK_HEAD.size:
-        raise ProtocolError("CAPTURE_CHUNK: payload ends inside field 'index'")
-    capture_id, index = _CHUNK_HEAD.unpack_from(payload)
-    msg = CaptureChunk(capture_id, index, payload[_CHUNK_HEAD.size :])
-    msg.validate()
-    return msg
-
-
-CaptureChunk.decode_payload = staticmethod(_decode_chunk)  # type: ignore[method-assign,assignment]
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from agent.capture import Capture
 
 log = logging.getLogger(__name__)
 
+BUFFER_FILE = "buffer.db"  # the buffer's file name inside the station's data dir
 STATES = ("received", "analysed", "uploaded", "evicted", "failed")
 
 # Each entry is one schema version; append only. PRAGMA user_version holds how many have run.

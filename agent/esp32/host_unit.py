@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from agent import protocol as p
 from agent.esp32 import core
@@ -96,39 +97,22 @@ class CoreVirtualUnit(VirtualUnit):
         unit_id: str,
         link: UnitLink,
         *,
-        chunk_size: int = 4096,
-        firmware_version: str = "virtual-1.0.0",
-        chip: str = "esp32s3",
-        mac: str | None = None,
-        ack_timeout_s: float = 10.0,
-        max_attempts: int = 4,
-        first_capture_id: int = 1,
-        boot_time: float | None = None,
         images: Iterable[bytes] | None = None,
         nvs: dict[str, int | str] | None = None,
         battery_mv: int = 3900,
+        **unit: Any,
     ) -> None:
-        super().__init__(
-            unit_id,
-            link,
-            chunk_size=chunk_size,
-            firmware_version=firmware_version,
-            chip=chip,
-            mac=mac,
-            ack_timeout_s=ack_timeout_s,
-            max_attempts=max_attempts,
-            first_capture_id=first_capture_id,
-            boot_time=boot_time,
-        )
+        # chunk_size, firmware_version, chip, mac, ack_timeout_s, ... as VirtualUnit takes them
+        super().__init__(unit_id, link, **unit)
         self.lib = core.load_core()
         # NVS as the firmware would find it after `fieldstation esp32 configure`
         self.nvs: dict[str, int | str] = {
             "unit_id": unit_id,
-            "chunk_size": chunk_size,
-            "ack_timeout_ms": max(100, int(ack_timeout_s * 1000)),
-            "max_attempts": max_attempts,
+            "chunk_size": self.chunk_size,
+            "ack_timeout_ms": max(100, int(self.ack_timeout_s * 1000)),
+            "max_attempts": self.max_attempts,
             "linger_ms": VIRTUAL_LINGER_MS,
-            "capture_seq": first_capture_id,
+            "capture_seq": self.next_capture_id,
         }
         self.nvs.update(nvs or {})
         self.images = list(images or [])
@@ -155,8 +139,8 @@ class CoreVirtualUnit(VirtualUnit):
             self._unit,
             C.byref(self._hal),
             None,
-            firmware_version.encode(),
-            chip.encode(),
+            self.firmware_version.encode(),
+            self.chip.encode(),
             (C.c_uint8 * 6).from_buffer_copy(mac_raw),
         )
         if rc != 0:

@@ -54,6 +54,10 @@ class SerialLink:
             on_stored=on_stored,
         )
 
+    @property
+    def is_open(self) -> bool:
+        return self._serial is not None
+
     def send(self, msg: p.Message) -> None:
         with self._write_lock:
             ser = self._serial

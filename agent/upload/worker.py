@@ -32,6 +32,7 @@ from tenacity import (
     wait_random,
 )
 
+from agent.config import ComponentConfigError
 from agent.store import Store, StoreError
 from agent.upload import ledger
 from agent.upload.batch import (
@@ -61,7 +62,7 @@ WINDOW_TTL_S = 2.0
 _BREAKER_VALUE = {CircuitBreaker.CLOSED: 0, CircuitBreaker.HALF_OPEN: 1, CircuitBreaker.OPEN: 2}
 
 
-class UploadConfigError(ValueError):
+class UploadConfigError(ComponentConfigError):
     """The [upload] section cannot run as written (names the endpoint and the problem)."""
 
 
