@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.config import ComponentConfigError, ConfigError, example_config, load_config
+from agent.bufferlock import BufferInUse
+from agent.config import ComponentConfigError, Config, ConfigError, example_config, load_config
+from agent.install import station_data_dir
 from agent.store import BUFFER_FILE, Store, StoreError
 
 
-def _load(args: argparse.Namespace):  # noqa: ANN202
+def _load(args: argparse.Namespace) -> Config:
     config = load_config(args.config)
     if getattr(args, "data_dir", None):
         config = config.replace("station", data_dir=str(args.data_dir))
@@ -25,15 +27,35 @@ def _load(args: argparse.Namespace):  # noqa: ANN202
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent.daemon import run_daemon  # the daemon's imports are only paid by `run`
+    from agent.preflight import as_config_error, startup_findings
 
-    config = _load(args)
+    try:
+        config = _load(args)
+        findings = startup_findings(config)
+        if findings:
+            raise as_config_error(config, findings)
+    except ConfigError as exc:
+        # one line per problem, each naming the key: what a journal or a terminal shows at once
+        for problem in exc.problems:
+            print(f"fieldstation: cannot start: {exc.render(problem)}", file=sys.stderr)
+        return 2
+    from agent.daemon import StartupError, run_daemon  # the daemon's imports are only paid by `run`
+
     _setup_logging(config.log.level)
-    return run_daemon(config)
+    try:
+        return run_daemon(config)
+    except StartupError as exc:
+        print(f"fieldstation: cannot start: {exc}", file=sys.stderr)
+        return 2
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    from agent.preflight import as_config_error, package_findings, startup_findings
+
     config = load_config(args.file, required=True)
+    findings = [*startup_findings(config, station_may_run=True), *package_findings(config)]
+    if findings:
+        raise as_config_error(config, findings)
     print(f"{args.file}: ok")
     print(f"  station id  {config.station_id}")
     print(f"  data dir    {config.data_dir}")
@@ -50,16 +72,18 @@ def cmd_config_example(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_readonly(args: argparse.Namespace) -> tuple[Any, Store]:
+def _open_readonly(args: argparse.Namespace) -> tuple[Config, Store, str]:
+    """The config, the buffer opened read-only, and how its folder was found."""
     config = _load(args)
-    path = config.data_dir / BUFFER_FILE
+    data_dir, found_by = station_data_dir(config.station.data_dir, args.data_dir)
+    config = config.replace("station", data_dir=str(data_dir))
     try:
-        return config, Store(path, readonly=True)
+        return config, Store(data_dir / BUFFER_FILE, readonly=True), found_by
     except StoreError as exc:
-        raise SystemExit(f"fieldstation: {exc} (is --data-dir right?)") from None
+        raise SystemExit(f"fieldstation: {exc} (folder from {found_by}; --data-dir DIR)") from None
 
 
-def _daemon_status(config: Any) -> dict[str, Any] | None:
+def _daemon_status(config: Config) -> dict[str, Any] | None:
     import requests
 
     host, _, port = config.http.listen.rpartition(":")
@@ -77,8 +101,17 @@ def _daemon_status(config: Any) -> dict[str, Any] | None:
     return data
 
 
+STATUS_ALARM = 1  # the daemon runs, but something is unwell (the alarms say what)
+STATUS_DOWN = 3  # the daemon does not answer on http.listen
+STATUS_EXIT_CODES = """exit status:
+  0  the daemon runs and nothing is unwell
+  1  the daemon runs with alarms (a port, the broker, a model, an endpoint, a worker)
+  2  the config or the buffer cannot be read
+  3  the daemon is not reachable (the buffer is still shown)"""
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    config, store = _open_readonly(args)
+    config, store, found_by = _open_readonly(args)
     summary = store.queue_summary()
     units = [dict(u) for u in store.units()]
     alarms = store.alarms()
@@ -86,16 +119,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     doc = {
         "station_id": config.station_id,
         "buffer": str(store.path),
+        "buffer_found_by": found_by,
         "daemon": daemon,
         "queue": summary,
         "alarms": alarms,
         "units": units,
     }
+    health = (daemon or {}).get("health", [])
+    code = STATUS_DOWN if daemon is None else STATUS_ALARM if health else 0
     if args.json:
         print(json.dumps(doc, indent=2, default=str))
-        return 0
+        return code
     print(f"station   {config.station_id}")
-    print(f"buffer    {store.path} (schema v{store.schema_version})")
+    print(f"buffer    {store.path} (schema v{store.schema_version}, from {found_by})")
     if daemon:
         workers = daemon.get("workers", [])
         up = sum(1 for w in workers if w["running"])
@@ -107,6 +143,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                 )
         _print_inference(daemon.get("inference"))
         _print_upload(daemon.get("upload"))
+        if daemon.get("power"):
+            from agent.power.cli import status_lines
+
+            print("\n".join(status_lines(daemon["power"])))
     else:
         print(f"daemon    not reachable on {config.http.listen}")
     bs = summary["by_state"]
@@ -116,7 +156,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"{bs['failed']['count']} failed"
     )
     print(f"storage   {_size(summary['stored_image_bytes'])} of {_size(summary['quota_bytes'])}")
-    print(f"alarms    {', '.join(a['kind'] + ': ' + a['message'] for a in alarms) or 'none'}")
+    lines = [f"{a['kind']} {a['subject']}: {a['message']}" for a in health]
+    lines += [f"{a['kind']}: {a['message']}" for a in alarms]
+    print(f"alarms    {lines[0] if lines else 'none'}")
+    for line in lines[1:]:
+        print(f"          {line}")
     print(f"units     {len(units)}")
     now = time.time()
     for u in units:
@@ -125,7 +169,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"  {u['unit_id']:<16} {u['last_path'] or '-':<6} last seen "
             f"{_ago(now - u['last_seen'])}  battery {battery}  fw {u['firmware_version'] or '-'}"
         )
-    return 0
+    return code
 
 
 def _print_inference(inf: dict[str, Any] | None) -> None:
@@ -160,11 +204,12 @@ def _print_upload(up: dict[str, Any] | None) -> None:
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
-    _config, store = _open_readonly(args)
+    _config, store, found_by = _open_readonly(args)
     summary = store.queue_summary()
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
         return 0
+    print(f"buffer {store.path} (from {found_by})")
     print(f"{'state':<10} {'captures':>9} {'bytes':>10}")
     for state, v in summary["by_state"].items():
         print(f"{state:<10} {v['count']:>9} {_size(v['bytes']):>10}")
@@ -188,7 +233,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(captures=args.captures, as_json=args.json, keep=args.keep)
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -232,7 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--http", metavar="HOST:PORT", help="main HTTP listener (overrides config)")
     run.set_defaults(func=cmd_run)
 
-    status = sub.add_parser("status", help="station, units, queue and alarms")
+    status = sub.add_parser(
+        "status",
+        help="station, units, queue and alarms",
+        description="Show the station: the daemon's workers and alarms, the buffer, the units.",
+        epilog=STATUS_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     with_config(status)
     status.add_argument("--http", metavar="HOST:PORT", help="where the daemon listens")
     status.add_argument("--json", action="store_true")
@@ -257,7 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="keep the demo's data folder")
     demo.set_defaults(func=cmd_demo)
 
-    for module in ("agent.esp32.cli", "agent.inference.cli", "agent.upload.cli"):
+    for module in (
+        "agent.esp32.cli",
+        "agent.inference.cli",
+        "agent.upload.cli",
+        "agent.power.cli",
+        "agent.web.cli",
+        "agent.install",
+        "agent.buffer",
+    ):
         _add_optional(sub, module)
     return parser
 
@@ -285,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ComponentConfigError as exc:
         print(f"fieldstation: configuration rejected: {exc}", file=sys.stderr)
+        return 2
+    except BufferInUse as exc:
+        print(f"fieldstation: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -8,20 +8,27 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from agent import __version__
 from agent import protocol as p
-from agent.config import Config
+from agent.bufferlock import BufferInUse, BufferLock
+from agent.config import ComponentConfigError, Config, read_secret
+from agent.health import Alarm, Health
 from agent.ingest.http import Intake
 from agent.ingest.mqtt import MqttIngest
 from agent.ingest.serial import SerialIngest, SerialLink
 from agent.metrics import Metrics
+from agent.modelsync import versions  # noqa: F401  # registers model sync's table before the store opens
+from agent.power.api import power_routes
+from agent.power.worker import PowerState, PowerWorker  # also registers the power tables
 from agent.sdnotify import notify, watchdog_interval
-from agent.store import BUFFER_FILE, Store
-from agent.supervisor import Supervisor
+from agent.store import BUFFER_FILE, Store, StoreError
+from agent.supervisor import Supervisor, Worker
+from agent.upload import ledger  # noqa: F401  # registers the upload tables before the store opens
+from agent.upload.heartbeat import Heartbeat
 from agent.web import HttpListener, intake_app, main_app
+from agent.web.page import StationPage
 
 log = logging.getLogger(__name__)
 
@@ -49,22 +56,33 @@ class Station:
         self.data_dir = config.data_dir
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = Metrics()
-        self.store = Store(
-            self.data_dir / BUFFER_FILE,
-            quota_bytes=config.storage.quota_bytes,
-            min_free_bytes=config.storage.min_free_bytes,
-            check_on_start=config.storage.check_on_start,
-            clock=clock,
-        )
+        # before the store: recovery must never move a file another station has open
+        self.lock = BufferLock(self.data_dir)
+        self.lock.acquire()
+        try:
+            self.store = Store(
+                self.data_dir / BUFFER_FILE,
+                quota_bytes=config.storage.quota_bytes,
+                min_free_bytes=config.storage.min_free_bytes,
+                check_on_start=config.storage.check_on_start,
+                clock=clock,
+            )
+        except BaseException:
+            self.lock.release()
+            raise
         self.metrics.watch_store(self.store)
+        # what the heartbeats say; components add their part with self.heartbeat.add(name, fn)
+        self.heartbeat = Heartbeat(self.store, self.station_id)
+        self.heartbeat.add("models", self._heartbeat_models)
         self.supervisor = Supervisor(self.metrics)
         self.started_at = time.time()
-        self._unit_links: dict[str, Any] = {}
+        self._unit_links: dict[str, SerialLink | MqttIngest] = {}
         self._stored_hooks: list[Callable[[str, str, bool], None]] = []
         self._analysed_hooks: list[Callable[[str, list], None]] = []
         self.serial_links: list[SerialLink] = []
         self.mqtt: MqttIngest | None = None
         self._build_workers()
+        self.health = self._watch_health()
 
     # --- wiring ---------------------------------------------------------------------------------
 
@@ -94,22 +112,38 @@ class Station:
                 on_stored=self._stored,
             )
             self.supervisor.add(self.mqtt)
+        # the technician's page: built before the listeners that serve it
+        self.page = StationPage(self) if c.web.enabled else None
         intake = Intake(
             self.store,
             self.metrics,
             token=self._intake_token(),
             max_body_bytes=c.http.max_body_bytes,
             max_capture_bytes=c.ingest.max_capture_bytes,
+            unit_clock_skew_s=c.ingest.unit_clock_skew_s,
             on_stored=self._stored,
         )
         self.http = HttpListener(
             "http",
-            main_app(intake, self.metrics, self.status, self.ready, self.send_command),
+            main_app(
+                intake,
+                self.metrics,
+                self.status,
+                self.ready,
+                self.send_command,
+                extra_routes=[
+                    *power_routes(lambda: self.power),
+                    *(self.page.routes() if self.page else ()),
+                ],
+            ),
             c.http.listen,
         )
         self.supervisor.add(self.http)
         if c.http.lan_listen:
-            self.supervisor.add(HttpListener("http-lan", intake_app(intake), c.http.lan_listen))
+            lan_page = self.page.routes(lan=True) if self.page and c.web.lan else ()
+            self.supervisor.add(
+                HttpListener("http-lan", intake_app(intake, lan_page), c.http.lan_listen)
+            )
         self.supervisor.add(Maintenance(self.store, c.storage.evict_interval_s))
         self.inference = None
         if c.inference.enabled:
@@ -121,13 +155,73 @@ class Station:
         if c.upload.enabled and c.upload.endpoints:
             from agent.upload.worker import Uploader
 
-            self.uploader = Uploader(
-                self.store, c, self.metrics, heartbeat_extra=self._heartbeat_extra
-            )
+            self.uploader = Uploader(self.store, c, self.metrics, heartbeat=self.heartbeat)
             self.supervisor.add(self.uploader)
+        self.modelsync = None
+        if c.modelsync.enabled:
+            from agent.modelsync.worker import ModelSync
 
-    def _heartbeat_extra(self) -> dict[str, Any]:
-        """What the uploader's heartbeats say beyond the queue: the models running here."""
+            # built after inference: it points the inference worker at the active version
+            sync = ModelSync(self.store, c, inference=self.inference)
+            self.heartbeat.add("modelsync", lambda: {"modelsync": sync.report()})
+            self.supervisor.add(sync)
+            self.modelsync = sync
+        self.power: PowerWorker | None = None
+        if c.power.enabled:
+            # last: it steers the workers above through their seams, and units through commands
+            self.power = PowerWorker(
+                c.power,
+                self.store,
+                self.metrics,
+                send_command=self.send_command,
+                checkpoint=self.store.checkpoint,
+            )
+            self.heartbeat.add("power", self.power.heartbeat)
+            self.on_stored(self.power.capture_stored)
+            if self.modelsync is not None:
+                self.modelsync.power_check = self._power_allows
+            self.power.subscribe(self._follow_power)
+            self.supervisor.add(self.power)
+
+    def _watch_health(self) -> Health:
+        """Every part that can be unwell, as one list of alarms (status, /readyz, /metrics)."""
+        health = Health()
+        health.add("workers", self._worker_alarms)
+        for link in self.serial_links:
+            health.add(link.name, link.alarms)
+        if self.mqtt is not None:
+            health.add("mqtt", self.mqtt.alarms)
+        if self.inference is not None:
+            health.add("inference", self.inference.alarms)
+        if self.uploader is not None:
+            health.add("upload", self.uploader.chooser.alarms)
+        self.metrics.registry.register(health.collector())
+        return health
+
+    def _worker_alarms(self) -> list[Alarm]:
+        return [
+            Alarm("worker", w["name"], f"crashed ({w['last_error']}); restarting with backoff")
+            for w in self.supervisor.status()
+            if not w["running"]
+        ]
+
+    def _follow_power(self, st: PowerState) -> None:
+        """A new power state: inference mode and uploads follow its policy."""
+        d = st.decisions
+        if self.inference is not None:
+            self.inference.set_power_mode(d.inference)
+        if self.uploader is not None:
+            if d.uploads_allowed:
+                self.uploader.resume()
+            else:
+                self.uploader.pause(f"power {st.state.value.upper()}: uploads {d.uploads_reason}")
+
+    def _power_allows(self, what: str) -> bool:
+        """Model sync asks before a download or an activation: only NORMAL and charging."""
+        return self.power is None or self.power.current.decisions.downloads_allowed
+
+    def _heartbeat_models(self) -> dict[str, Any]:
+        """The heartbeat's `models`: the models running here."""
         models: dict[str, str] = {}
         if self.inference is not None:
             for ref in self.inference.status()["models"]:  # "name@version"
@@ -138,10 +232,10 @@ class Station:
     def _intake_token(self) -> str:
         h = self.config.http
         if h.token_file:
-            return Path(h.token_file).read_text().strip()
+            return read_secret(h.token_file, "http.token_file")
         return h.token
 
-    def add_worker(self, worker: Any) -> None:
+    def add_worker(self, worker: Worker) -> None:
         """Add a worker before start (inference, upload, power: each brings its own)."""
         self.supervisor.add(worker)
 
@@ -167,8 +261,11 @@ class Station:
             except Exception:
                 log.exception("analysis hook failed")
 
-    def _unit_seen(self, unit_id: str, link: Any) -> None:
+    def _unit_seen(self, unit_id: str, link: SerialLink | MqttIngest) -> None:
         self._unit_links[unit_id] = link
+        if self.power is not None:
+            # a waking unit gets the power state's CONFIG
+            self.power.unit_seen(unit_id, "mqtt" if isinstance(link, MqttIngest) else "serial")
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -176,7 +273,7 @@ class Station:
         self.store.evict()
         self.supervisor.start()
         if not self.http.wait_started(15):
-            raise RuntimeError(f"HTTP listener did not start on {self.config.http.listen}")
+            raise RuntimeError(f"http.listen: cannot listen on {self.config.http.listen}")
         log.info(
             "station %s running: buffer %s, http %s, serial %s, mqtt %s",
             self.station_id,
@@ -188,13 +285,14 @@ class Station:
 
     def stop(self) -> None:
         self.supervisor.stop()
+        if self.power is not None:
+            self.power.close()
         self.store.close()
+        self.lock.release()
 
     def ready(self) -> tuple[bool, str]:
-        down = [w["name"] for w in self.supervisor.status() if not w["running"]]
-        if down:
-            return False, "workers down: " + ", ".join(down)
-        return True, ""
+        """Ready while nothing is unwell; otherwise what is not, in words (for /readyz)."""
+        return self.health.ready()
 
     # --- what operators see ---------------------------------------------------------------------
 
@@ -213,11 +311,21 @@ class Station:
             "queue": self.store.queue_summary(),
             "inference": self.inference.status() if self.inference else None,
             "upload": self.uploader.status() if self.uploader else None,
+            "modelsync": self.modelsync.status() if self.modelsync else None,
+            "power": self.power.status() if self.power else None,
             "alarms": self.store.alarms(),
+            "health": [a.as_dict() for a in self.health.alarms()],
             "units": [dict(u) for u in self.store.units()],
         }
 
     # --- commands to units ----------------------------------------------------------------------
+
+    def unit_link(self, unit_id: str) -> str | None:
+        """'serial' or 'mqtt' when commands can reach the unit, else None (HTTP-only, not seen)."""
+        link = self._unit_links.get(unit_id)
+        if link is None:
+            return None
+        return "mqtt" if isinstance(link, MqttIngest) else "serial"
 
     def send_command(self, unit_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """Send CONFIG, CAPTURE_NOW or SLEEP_NOW to a unit on whichever link it was last seen."""
@@ -245,6 +353,27 @@ class Station:
         return {"sent": msg.TYPE.name, "unit_id": unit_id}
 
 
+class StartupError(RuntimeError):
+    """The station could not start; the message names the key or the part that refused."""
+
+
+def _start(config: Config) -> Station:
+    """A started station, or StartupError saying in one line what stopped it."""
+    try:
+        station = Station(config)
+    except (BufferInUse, StoreError, ComponentConfigError) as exc:
+        raise StartupError(str(exc)) from None
+    except OSError as exc:
+        raise StartupError(f"station.data_dir: {config.data_dir}: {exc.strerror or exc}") from None
+    try:
+        station.start()
+    except Exception as exc:
+        log.debug("start-up failed", exc_info=True)
+        station.stop()
+        raise StartupError(str(exc)) from None
+    return station
+
+
 def run_daemon(config: Config) -> int:
     """`fieldstation run`: start, tell systemd, feed the watchdog while healthy, drain on SIGTERM."""
     stop = threading.Event()
@@ -255,12 +384,7 @@ def run_daemon(config: Config) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    station = Station(config)
-    try:
-        station.start()
-    except Exception:
-        station.stop()
-        raise
+    station = _start(config)
     notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=running")
     interval = watchdog_interval()
     tick = min(interval, 10.0) if interval else 10.0

@@ -7,7 +7,6 @@ HTTP intake; the station stores each durably before acknowledging it. Live progr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -15,18 +14,25 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 
 from agent.broker import PrivateBroker, free_port
+from agent.capture import Capture, IngestPath
 from agent.config import parse_config
 from agent.daemon import Station
+from agent.esp32.units import virtual_unit
 from agent.esp32.virtual import MqttUnitLink, PtySerialLink, VirtualUnit
 from agent.scenes import scene_jpeg
 
+if TYPE_CHECKING:
+    from cloud.process import CloudService
+
 STATION_ID = "demo-station"
+Say = Callable[[str], None]
 # a tiny detector trained for agent/scenes.py frames (models/make_fixtures.py), shipped in the repo
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "models" / "fixtures" / "scene-animal"
 
@@ -129,10 +135,10 @@ check_on_start = false
     results: list[dict[str, Any]] = []
     started = time.monotonic()
     try:
-        units["serial"] = VirtualUnit("demo-serial-1", serial_link, chunk_size=4096)
+        units["serial"] = virtual_unit("demo-serial-1", serial_link, chunk_size=4096)
         if broker:
             mlink = MqttUnitLink(broker.host, broker.port, STATION_ID, "demo-mqtt-1")
-            units["mqtt"] = VirtualUnit("demo-mqtt-1", mlink, chunk_size=8192, chip="esp32")
+            units["mqtt"] = virtual_unit("demo-mqtt-1", mlink, chunk_size=8192, chip="esp32")
         for unit in units.values():
             _wait_link(station, unit)
             unit.hello()
@@ -155,7 +161,7 @@ check_on_start = false
             timeout=10,
         ).raise_for_status()
         say(f"\nsending {captures} captures (real JPEGs, ~48 KiB each):")
-        paths = ["serial", "mqtt", "http"] if broker else ["serial", "http"]
+        paths: list[IngestPath] = ["serial", "mqtt", "http"] if broker else ["serial", "http"]
         for i in range(captures):
             path = paths[i % len(paths)]
             jpeg = scene_jpeg(i)
@@ -163,13 +169,12 @@ check_on_start = false
             if path == "http":
                 r = requests.post(
                     f"{base}/api/detections",
-                    files={
-                        "metadata": (
-                            None,
-                            json.dumps({"device_id": http_unit, "timestamp": int(time.time())}),
-                        ),
-                        "image": ("capture.jpg", jpeg, "image/jpeg"),
+                    data={  # a plain form field, sent before the file part
+                        "metadata": json.dumps(
+                            {"device_id": http_unit, "timestamp": int(time.time())}
+                        )
                     },
+                    files={"image": ("capture.jpg", jpeg, "image/jpeg")},
                     timeout=30,
                 )
                 ok = r.status_code in (200, 201)
@@ -181,8 +186,8 @@ check_on_start = false
                 res = unit.send_capture(jpeg)
                 ok = res.acked
                 outcome = ("duplicate" if res.duplicate else "acked") if ok else "not acked"
-                sha = hashlib.sha256(jpeg).hexdigest()
-                capture_id = f"{unit.unit_id}-{res.capture_id}-{sha[:12]}"
+                # the id the station gave it, built the one way ids are built
+                capture_id = Capture(unit.unit_id, str(res.capture_id), path, jpeg, 0.0).id
                 unit_name = unit.unit_id
             ms = (time.perf_counter() - t0) * 1000
             progress.stored(path, unit_name, capture_id, len(jpeg), ms, outcome)
@@ -220,10 +225,10 @@ check_on_start = false
             print(f"kept {workdir}", file=sys.stderr)
 
 
-def _start_cloud(folder: Path, say: Any) -> Any:
+def _start_cloud(folder: Path, say: Say) -> CloudService | None:
     """A local `fieldstation-cloud serve`, the demo's sync endpoint."""
     try:
-        from cloud.testing import CloudService
+        from cloud.process import CloudService  # the cloud's imports are only paid when it runs
 
         return CloudService.start(folder)
     except Exception as exc:  # the demo still shows ingest and inference without it
@@ -231,7 +236,7 @@ def _start_cloud(folder: Path, say: Any) -> Any:
         return None
 
 
-def _wait_uploaded(station: Station, total: int, say: Any, timeout: float = 90) -> None:
+def _wait_uploaded(station: Station, total: int, say: Say, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     shown = -1
     while time.monotonic() < deadline:
@@ -244,12 +249,12 @@ def _wait_uploaded(station: Station, total: int, say: Any, timeout: float = 90) 
         time.sleep(0.2)
 
 
-def _cloud_summary(cloud: Any) -> dict[str, Any]:
+def _cloud_summary(cloud: CloudService) -> dict[str, Any]:
     """What reached the cloud, asked of the cloud itself (operator API)."""
     admin = cloud.admin_token()
     r = requests.get(
         f"{cloud.url}/v1/captures",
-        params={"station_id": STATION_ID, "limit": 1000},
+        params={"station_id": STATION_ID, "limit": "1000"},
         headers={"Authorization": f"Bearer {admin}"},
         timeout=10,
     )
@@ -278,10 +283,7 @@ def _summary(
     q = station.store.queue_summary()
     sent = Counter(r["path"] for r in results)
     ok = Counter(r["path"] for r in results if r["ok"])
-    stored_rows = {}
-    with station.store.read() as conn:
-        for row in conn.execute("SELECT path, count(*) AS n FROM captures GROUP BY path"):
-            stored_rows[row["path"]] = row["n"]
+    stored_rows = station.store.count_by_path()
     return {
         "station_id": station.station_id,
         "captures_sent": len(results),
@@ -307,17 +309,12 @@ def _summary(
 
 
 def _detection_counts(station: Station) -> dict[str, int]:
-    with station.store.read() as conn:
-        rows = conn.execute(
-            "SELECT label, count(*) AS n FROM detections WHERE parent_id IS NULL GROUP BY label"
-        ).fetchall()
-        empty = conn.execute("SELECT count(*) FROM captures WHERE empty = 1").fetchone()[0]
-    out = {r["label"]: r["n"] for r in rows}
-    out["empty frames"] = empty
+    out = station.store.count_by_label()
+    out["empty frames"] = station.store.count_empty()
     return out
 
 
-def _print_summary(s: dict[str, Any], say: Any) -> None:
+def _print_summary(s: dict[str, Any], say: Say) -> None:
     say("\nsummary")
     say(
         f"  captures      {s['captures_acknowledged']}/{s['captures_sent']} acknowledged after a durable commit"

@@ -117,13 +117,15 @@ def _str(value: str, field: str) -> bytes:
     return bytes([len(raw)]) + raw
 
 
-def _check_unit_id(unit_id: str) -> str:
+def check_unit_id(unit_id: str) -> str:
+    """`unit_id` unchanged, or ProtocolError when it is not a valid unit id."""
     if not UNIT_ID_RE.match(unit_id):
         raise ProtocolError(f"unit_id {unit_id!r} does not match {UNIT_ID_RE.pattern}")
     return unit_id
 
 
-def _mac_text(raw: bytes) -> str:
+def mac_text(raw: bytes) -> str:
+    """Six MAC bytes as the firmware prints them: 24:0a:c4:00:00:01."""
     return ":".join(f"{b:02x}" for b in raw)
 
 
@@ -153,7 +155,7 @@ class Message:
         for name, code in self.LAYOUT:
             value = getattr(self, name)
             if code == "unit_id":
-                out += _str(_check_unit_id(value), name)
+                out += _str(check_unit_id(value), name)
             elif code == "str":
                 out += _str(value, name)
             elif code == "mac":
@@ -180,13 +182,13 @@ class Message:
             elif code == "str":
                 values[name] = r.string(name)
             elif code == "mac":
-                values[name] = _mac_text(r.take(6, name))
+                values[name] = mac_text(r.take(6, name))
             elif code == "bytes":
                 values[name] = r.rest()
             else:
                 values[name] = r.unpack(code, name)
         # trailing bytes are ignored on purpose: newer minor revisions append fields (§7)
-        msg = cls(**values)  # type: ignore[arg-type]
+        msg = cls(**values)
         msg.validate()
         return msg
 

@@ -1,4 +1,8 @@
-"""systemd's notify protocol, written against $NOTIFY_SOCKET (Type=notify, WatchdogSec=)."""
+"""systemd's notify protocol, written against $NOTIFY_SOCKET (Type=notify, WatchdogSec=).
+
+Own code: the protocol is one datagram; python-systemd needs libsystemd headers to build, and the
+`sdnotify` package hides send errors and does not read WATCHDOG_USEC/WATCHDOG_PID.
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,11 @@
 
 Every component reads the rows in the state it handles and moves them on:
 received -> analysed -> uploaded, or failed, or evicted (image bytes gone, the row kept).
+
+Each table has one owner. This module owns captures, images, detections, units, telemetry and
+alarms; other modules call its methods, never their SQL. Other owners (the upload ledger, power
+history, model sync) register their schema with `Store.register_migration` when imported, and
+keep their SQL in their own module.
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from agent.capture import Capture
 
@@ -23,11 +29,10 @@ log = logging.getLogger(__name__)
 
 BUFFER_FILE = "buffer.db"  # the buffer's file name inside the station's data dir
 STATES = ("received", "analysed", "uploaded", "evicted", "failed")
+PENDING_STATES = ("received", "analysed")  # not yet uploaded, failed or evicted
 
-# Each entry is one schema version; append only. PRAGMA user_version holds how many have run.
-MIGRATIONS: list[str] = [
-    # 1: the capture backbone
-    """
+# The store's own tables (captures, images, detections, units, telemetry, alarms), version 1.
+_BACKBONE_SQL = """
     CREATE TABLE captures (
         id TEXT PRIMARY KEY,
         unit_id TEXT NOT NULL,
@@ -115,32 +120,65 @@ MIGRATIONS: list[str] = [
         raised_at REAL NOT NULL,
         message TEXT NOT NULL
     );
-    """,
-    # 2: the uploader's records (agent/upload/ledger.py): which cloud holds or may hold what
-    """
-    CREATE TABLE upload_deliveries (
-        capture_id TEXT NOT NULL REFERENCES captures (id) ON DELETE CASCADE,
-        endpoint TEXT NOT NULL,
-        held_variant TEXT,                  -- acknowledged: full | blurred | thumbnail | none
-        doubt_variant TEXT,                 -- sent, outcome unknown: ask the endpoint (lookup)
-        doubt_batch TEXT,
-        via_lookup INTEGER NOT NULL DEFAULT 0,  -- held learnt by lookup after a batch in doubt
-        updated_at REAL NOT NULL,
-        PRIMARY KEY (capture_id, endpoint)
-    );
-    CREATE INDEX upload_deliveries_doubt ON upload_deliveries (endpoint)
-        WHERE doubt_variant IS NOT NULL;
+"""
 
-    CREATE TABLE upload_bytes (
-        endpoint TEXT NOT NULL,
-        day TEXT NOT NULL,                  -- local calendar day, YYYY-MM-DD
-        bytes INTEGER NOT NULL DEFAULT 0,   -- request bytes sent (headers and body)
-        requests INTEGER NOT NULL DEFAULT 0,
-        items INTEGER NOT NULL DEFAULT 0,   -- items the endpoint acknowledged
-        PRIMARY KEY (endpoint, day)
-    );
-    """,
-]
+# Before per-owner migrations, PRAGMA user_version counted these, in this order.
+_LEGACY_ORDER = (("store", 1), ("upload", 1))
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step of one table owner; applied once, in registration order."""
+
+    owner: str  # the module that owns the tables, e.g. "store", "upload"
+    version: int  # 1, 2, ... within the owner
+    sql: str
+
+
+# Every registered migration, in the order they are applied (the store's own first).
+MIGRATIONS: list[Migration] = []
+
+# Value order of a capture `c`: 0 person/animal detections, 1 other detections, 2 not analysed
+# (unknown value: usually empty PIR triggers, but it may hold anything, so above frames known to
+# be empty), 3 frames the models found empty.
+VALUE_RANK_SQL = """
+    CASE
+        WHEN c.state = 'received' THEN 2
+        WHEN EXISTS (SELECT 1 FROM detections d WHERE d.capture_id = c.id
+                     AND d.grp IN ('person', 'animal')) THEN 0
+        WHEN EXISTS (SELECT 1 FROM detections d WHERE d.capture_id = c.id) THEN 1
+        WHEN c.empty = 1 THEN 3
+        ELSE 2
+    END"""
+
+
+def captures_by_value_sql(n_states: int) -> str:
+    """A subquery: captures in `n_states` states (bound in order) with their value `rank`.
+
+    For owners of tables keyed by capture id (the upload ledger) to join their own tables onto
+    the captures in one read, while the SQL on the store's tables stays here.
+    """
+    marks = ",".join("?" * n_states)
+    return f"SELECT c.*, {VALUE_RANK_SQL} AS rank FROM captures c WHERE c.state IN ({marks})"
+
+
+class StoredDetection(Protocol):
+    """What the store keeps of one detection (agent.inference.package.Detection has it)."""
+
+    @property
+    def label(self) -> str: ...
+    @property
+    def group(self) -> str: ...
+    @property
+    def score(self) -> float: ...
+    @property
+    def box(self) -> tuple[float, float, float, float] | None: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def model_version(self) -> str: ...
+    @property
+    def children(self) -> Sequence[StoredDetection]: ...
 
 
 class StoreError(RuntimeError):
@@ -278,28 +316,73 @@ class Store:
         conn.execute("PRAGMA synchronous = FULL")
 
     @staticmethod
+    def register_migration(owner: str, version: int, sql: str) -> None:
+        """Add a table owner's schema step; call at import, before any Store opens.
+
+        Versions count 1, 2, ... per owner. Opening a store applies every registered step it has
+        not yet recorded, in registration order, each in its own transaction.
+        """
+        for m in MIGRATIONS:
+            if (m.owner, m.version) == (owner, version):
+                if m.sql != sql:
+                    raise StoreError(
+                        f"migration {owner} {version} is registered twice, differently"
+                    )
+                return  # the same module imported again (reload)
+        newest = max((m.version for m in MIGRATIONS if m.owner == owner), default=0)
+        if version != newest + 1:
+            raise StoreError(f"migration {owner} {version} registered after {owner} {newest}")
+        MIGRATIONS.append(Migration(owner, version, sql))
+
+    @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > len(MIGRATIONS):
-            raise StoreError(
-                f"buffer schema version {version} is newer than this software ({len(MIGRATIONS)})"
-            )
-        for number in range(version, len(MIGRATIONS)):
+        applied = _applied_migrations(conn)
+        for owner in {m.owner for m in MIGRATIONS}:
+            known = max(m.version for m in MIGRATIONS if m.owner == owner)
+            have = max((v for o, v in applied if o == owner), default=0)
+            if have > known:
+                raise StoreError(
+                    f"buffer schema of {owner} is at version {have}, newer than this software "
+                    f"({known})"
+                )
+        for m in MIGRATIONS:
+            if (m.owner, m.version) in applied:
+                continue
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for statement in _split_sql(MIGRATIONS[number]):
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {number + 1}")
+                done = conn.execute(
+                    "SELECT 1 FROM schema_migrations WHERE owner = ? AND version = ?",
+                    (m.owner, m.version),
+                ).fetchone()
+                if done is None:  # another process may have applied it while we waited
+                    for statement in _split_sql(m.sql):
+                        conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO schema_migrations (owner, version, applied_at) "
+                        "VALUES (?, ?, ?)",
+                        (m.owner, m.version, time.time()),
+                    )
+                    # user_version keeps counting steps, so software from before the
+                    # registry refuses a buffer it does not know (it compares that count)
+                    n = conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0]
+                    conn.execute(f"PRAGMA user_version = {n}")
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            log.info("buffer schema migrated to version %d", number + 1)
+            if done is None:
+                log.info("buffer schema: %s migrated to version %d", m.owner, m.version)
 
     @property
     def schema_version(self) -> int:
+        """How many schema steps this buffer has had (all owners together)."""
         with self.read() as conn:
             return conn.execute("PRAGMA user_version").fetchone()[0]
+
+    def checkpoint(self) -> None:
+        """Fold the WAL into the database file (the power manager does it before a power-off)."""
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
         with self._lock:
@@ -408,6 +491,16 @@ class Store:
             ).fetchone()
         return None if row is None else bytes(row[0])
 
+    def read_images(self, ids: Sequence[str]) -> dict[tuple[str, str], bytes]:
+        """Every stored variant of these captures in one query, by (capture id, variant)."""
+        marks = ",".join("?" * len(ids))
+        with self.read() as conn:
+            rows = conn.execute(
+                f"SELECT capture_id, variant, jpeg FROM images WHERE capture_id IN ({marks})",
+                list(ids),
+            ).fetchall()
+        return {(r[0], r[1]): bytes(r[2]) for r in rows}
+
     def get_capture(self, capture_id: str) -> sqlite3.Row | None:
         with self.read() as conn:
             return conn.execute("SELECT * FROM captures WHERE id = ?", (capture_id,)).fetchone()
@@ -450,6 +543,209 @@ class Store:
         """A capture no worker can handle: kept with its bytes, never retried automatically."""
         with self.transaction() as conn:
             self.set_state(conn, capture_id, "failed", error=reason)
+
+    def import_captures(self, captures: Iterable[Capture]) -> list[AddResult]:
+        """Store many captures in one transaction (bulk loads such as benches); no eviction."""
+        with self.transaction() as conn:
+            return [self._insert_capture(conn, c) for c in captures]
+
+    def captures_by_id(self, ids: Sequence[str]) -> dict[str, sqlite3.Row]:
+        """The capture rows with these ids (missing ids are left out)."""
+        out: dict[str, sqlite3.Row] = {}
+        with self.read() as conn:
+            for chunk in _chunks(list(ids), 500):
+                marks = ",".join("?" * len(chunk))
+                for r in conn.execute(f"SELECT * FROM captures WHERE id IN ({marks})", chunk):
+                    out[r["id"]] = r
+        return out
+
+    def backlog(self, states: Sequence[str]) -> tuple[int, int]:
+        """How many captures are in these states, and their original bytes."""
+        marks = ",".join("?" * len(states))
+        with self.read() as conn:
+            row = conn.execute(
+                f"SELECT count(*), coalesce(sum(size), 0) FROM captures WHERE state IN ({marks})",
+                tuple(states),
+            ).fetchone()
+        return int(row[0]), int(row[1])
+
+    def count_in_states(self, states: Sequence[str]) -> int:
+        """How many captures are in these states (the state index alone answers it)."""
+        marks = ",".join("?" * len(states))
+        with self.read() as conn:
+            return int(
+                conn.execute(
+                    f"SELECT count(*) FROM captures WHERE state IN ({marks})", tuple(states)
+                ).fetchone()[0]
+            )
+
+    def backlog_by_value(self, states: Sequence[str]) -> dict[int, tuple[int, int]]:
+        """Captures and bytes in these states per value rank (see VALUE_RANK_SQL), best first."""
+        marks = ",".join("?" * len(states))
+        with self.read() as conn:
+            rows = conn.execute(
+                f"""SELECT {VALUE_RANK_SQL} AS rank, count(*), coalesce(sum(size), 0)
+                    FROM captures c WHERE state IN ({marks}) GROUP BY rank ORDER BY rank""",
+                tuple(states),
+            ).fetchall()
+        return {int(r[0]): (int(r[1]), int(r[2])) for r in rows}
+
+    def count_by_path(self) -> dict[str, int]:
+        """Captures in the buffer per ingest path."""
+        with self.read() as conn:
+            rows = conn.execute("SELECT path, count(*) FROM captures GROUP BY path").fetchall()
+        return {r[0]: int(r[1]) for r in rows}
+
+    def latest_captures(
+        self,
+        *,
+        unit_id: str | None = None,
+        label: str | None = None,
+        state: str | None = None,
+        after: float | None = None,
+        limit: int = 24,
+    ) -> list[sqlite3.Row]:
+        """Newest first (the station page): optionally of one unit, with one label, in one state,
+        or received after a time."""
+        where, args = ["1 = 1"], []  # type: list[str], list[object]
+        if unit_id:
+            where.append("unit_id = ?")
+            args.append(unit_id)
+        if state:
+            where.append("state = ?")
+            args.append(state)
+        if after is not None:
+            where.append("received_at > ?")
+            args.append(after)
+        if label:
+            where.append("id IN (SELECT capture_id FROM detections WHERE label = ?)")
+            args.append(label)
+        with self.read() as conn:
+            return conn.execute(
+                f"SELECT * FROM captures WHERE {' AND '.join(where)} "
+                "ORDER BY received_at DESC, id DESC LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+
+    def last_capture_of_units(self) -> dict[str, sqlite3.Row]:
+        """Each unit's newest capture (the station page's aim check), by unit id."""
+        with self.read() as conn:
+            rows = conn.execute(
+                """SELECT c.* FROM captures c JOIN (
+                       SELECT unit_id, max(received_at) AS at FROM captures GROUP BY unit_id
+                   ) n ON c.unit_id = n.unit_id AND c.received_at = n.at
+                   ORDER BY c.id"""
+            ).fetchall()
+        return {r["unit_id"]: r for r in rows}
+
+    def count_by_label(self) -> dict[str, int]:
+        """Detector results (not classifier children) per label, over the whole buffer."""
+        with self.read() as conn:
+            rows = conn.execute(
+                "SELECT label, count(*) FROM detections WHERE parent_id IS NULL GROUP BY label"
+            ).fetchall()
+        return {r[0]: int(r[1]) for r in rows}
+
+    def count_empty(self) -> int:
+        """Captures the models found empty."""
+        with self.read() as conn:
+            return int(conn.execute("SELECT count(*) FROM captures WHERE empty = 1").fetchone()[0])
+
+    def finish_upload(self, conn: sqlite3.Connection, capture_id: str) -> bool:
+        """Mark a pending capture uploaded inside the caller's transaction; False if not pending.
+
+        Privacy "blur": the unblurred original never leaves the station and is gone once the
+        blurred copy is safe in a cloud (the same commit as the acknowledgement).
+        """
+        try:
+            self.set_state(conn, capture_id, "uploaded", expect=PENDING_STATES)
+        except StoreError:
+            return False  # failed or evicted meanwhile: the cloud's copy is recorded anyway
+        self.drop_original(conn, capture_id)
+        return True
+
+    def fail_pending(self, conn: sqlite3.Connection, capture_id: str, reason: str) -> bool:
+        """Mark a pending capture failed inside the caller's transaction; False if not pending."""
+        try:
+            self.set_state(conn, capture_id, "failed", expect=PENDING_STATES, error=reason)
+        except StoreError:
+            return False
+        return True
+
+    def drop_original(self, conn: sqlite3.Connection, capture_id: str) -> None:
+        """Delete the unblurred original of a capture whose upload copy is blurred (privacy).
+
+        Inside the caller's transaction: the one that records the blurred copy as held.
+        """
+        conn.execute(
+            """DELETE FROM images WHERE capture_id = ? AND variant = 'original'
+               AND EXISTS (SELECT 1 FROM captures WHERE id = ? AND upload_variant = 'blurred')""",
+            (capture_id, capture_id),
+        )
+
+    # --- analyses ------------------------------------------------------------------------------
+
+    def save_analysis(
+        self,
+        capture_id: str,
+        detections: Sequence[StoredDetection],
+        *,
+        empty: bool,
+        upload_variant: str,
+        summary: dict[str, Any],
+        blurred: bytes | None = None,
+    ) -> None:
+        """One durable transaction: detections in, capture marked analysed (and empty or not)."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM detections WHERE capture_id = ?", (capture_id,))
+            for d in detections:
+                parent = _insert_detection(conn, capture_id, d, None)
+                for child in d.children:
+                    _insert_detection(conn, capture_id, child, parent)
+            if blurred is not None:
+                conn.execute(
+                    """INSERT INTO images (capture_id, variant, bytes, jpeg)
+                       VALUES (?, 'blurred', ?, ?)
+                       ON CONFLICT (capture_id, variant) DO UPDATE SET bytes = excluded.bytes,
+                           jpeg = excluded.jpeg""",
+                    (capture_id, len(blurred), blurred),
+                )
+            conn.execute(
+                "UPDATE captures SET empty = ?, upload_variant = ?, analysis = ? WHERE id = ?",
+                (int(empty), upload_variant, json.dumps(summary, sort_keys=True), capture_id),
+            )
+            self.set_state(conn, capture_id, "analysed", expect=("received",))
+
+    def skip_analysis(self, capture_id: str, reason: str) -> None:
+        """Move a capture on without models (inference disabled or none configured)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE captures SET analysis = ? WHERE id = ?",
+                (json.dumps({"models": [], "skipped": reason}), capture_id),
+            )
+            self.set_state(conn, capture_id, "analysed", expect=("received",))
+
+    def detections(self, capture_id: str) -> list[dict[str, Any]]:
+        """Stored detections of a capture, detector results first, as plain dicts."""
+        with self.read() as conn:
+            rows = conn.execute(
+                "SELECT * FROM detections WHERE capture_id = ? ORDER BY id", (capture_id,)
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+    def detections_of(self, ids: Sequence[str]) -> dict[str, list[sqlite3.Row]]:
+        """Stored detections of several captures, each in stored order (every id has a list)."""
+        out: dict[str, list[sqlite3.Row]] = {i: [] for i in ids}
+        with self.read() as conn:
+            for chunk in _chunks(list(ids), 500):
+                marks = ",".join("?" * len(chunk))
+                for r in conn.execute(
+                    f"""SELECT capture_id, label, grp, score, x, y, w, h, model, model_version
+                        FROM detections WHERE capture_id IN ({marks}) ORDER BY capture_id, id""",
+                    chunk,
+                ):
+                    out[r["capture_id"]].append(r)
+        return out
 
     # --- units and telemetry -------------------------------------------------------------------
 
@@ -623,7 +919,7 @@ class Store:
 
     # --- what operators see --------------------------------------------------------------------
 
-    def queue_summary(self) -> dict[str, object]:
+    def queue_summary(self) -> dict[str, Any]:
         """Counts and bytes by state, the oldest capture not yet uploaded, and per unit."""
         with self.read() as conn:
             by_state = {s: {"count": 0, "bytes": 0} for s in STATES}
@@ -636,7 +932,7 @@ class Store:
                 """SELECT id, unit_id, received_at, state FROM captures
                    WHERE state IN ('received', 'analysed') ORDER BY received_at, id LIMIT 1"""
             ).fetchone()
-            per_unit = {}
+            per_unit: dict[str, dict[str, Any]] = {}
             for row in conn.execute(
                 """SELECT unit_id, state, count(*) AS n, coalesce(sum(size), 0) AS b
                    FROM captures GROUP BY unit_id, state ORDER BY unit_id"""
@@ -658,6 +954,57 @@ class Store:
         }
 
 
+def _insert_detection(
+    conn: sqlite3.Connection, capture_id: str, d: StoredDetection, parent: int | None
+) -> int:
+    x = y = w = h = None
+    if d.box is not None:
+        x, y, w, h = d.box
+    cur = conn.execute(
+        """INSERT INTO detections (capture_id, label, grp, score, x, y, w, h, model,
+               model_version, parent_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        (capture_id, d.label, d.group, d.score, x, y, w, h, d.model, d.model_version, parent),
+    )
+    return int(cur.lastrowid or 0)
+
+
+def _chunks(seq: list[str], n: int) -> Iterator[list[str]]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+def _applied_migrations(conn: sqlite3.Connection) -> set[tuple[str, int]]:
+    """The (owner, version) steps this buffer has had; records older buffers' steps first."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   owner TEXT NOT NULL,
+                   version INTEGER NOT NULL,
+                   applied_at REAL NOT NULL,
+                   PRIMARY KEY (owner, version))"""
+        )
+        rows = conn.execute("SELECT owner, version FROM schema_migrations").fetchall()
+        if not rows:
+            # a buffer from before the registry: user_version counted the steps in _LEGACY_ORDER
+            legacy = conn.execute("PRAGMA user_version").fetchone()[0]
+            if legacy > len(_LEGACY_ORDER):
+                raise StoreError(
+                    f"buffer schema version {legacy} is newer than this software "
+                    f"({len(_LEGACY_ORDER)} steps before per-owner migrations)"
+                )
+            rows = list(_LEGACY_ORDER[:legacy])
+            conn.executemany(
+                "INSERT INTO schema_migrations (owner, version, applied_at) VALUES (?, ?, 0)",
+                rows,
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return {(r[0], r[1]) for r in rows}
+
+
 def _split_sql(script: str) -> list[str]:
     """Split a migration into complete statements (comments may hold semicolons)."""
     statements, current = [], ""
@@ -669,3 +1016,6 @@ def _split_sql(script: str) -> list[str]:
     if current.strip():
         raise StoreError(f"migration ends inside a statement: {current.strip()[:60]!r}")
     return statements
+
+
+Store.register_migration("store", 1, _BACKBONE_SQL)

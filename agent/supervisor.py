@@ -7,11 +7,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypedDict
 
 from agent.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+class WorkerStatus(TypedDict):
+    name: str
+    running: bool
+    restarts: int
+    last_error: str | None
 
 
 class Worker(Protocol):
@@ -112,7 +119,8 @@ class Supervisor:
         """True while every worker is running (the systemd watchdog is fed only then)."""
         return all(slot.running for slot in self._slots.values())
 
-    def status(self) -> list[dict[str, object]]:
+    def status(self) -> list[WorkerStatus]:
+        """Each worker's health, as /api/status and `fieldstation status` show it."""
         return [
             {
                 "name": name,

@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "cloud"))
 
-from cloud.testing import CloudService, free_port  # noqa: E402
+from agent.broker import free_port  # noqa: E402
+from cloud.process import CloudService  # noqa: E402
 
 CAPTURE_BYTES = 50 * 1024
 

@@ -167,9 +167,9 @@ def drive_mqtt(broker: PrivateBroker, units: int, blobs: list[bytes]) -> float:
     client.loop_start()
     client.subscribe("wildcam/bench/+/ack", qos=1)
     subscribed.wait(10)
-    from agent.ingest.mqtt import _no_delay
+    from agent.ingest.mqtt import no_delay
 
-    _no_delay(client)
+    no_delay(client)
     t0 = time.perf_counter()
     for u in ids:
         send(u)

@@ -12,7 +12,6 @@ same work). Prints drain rates and their ratio (goal >= 0.8), socket bytes per p
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import resource
@@ -28,13 +27,14 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agent.capture import Capture  # noqa: E402
 from agent.config import parse_config  # noqa: E402
 from agent.metrics import Metrics  # noqa: E402
-from agent.store import Store  # noqa: E402
+from agent.store import PENDING_STATES, Store  # noqa: E402
 from agent.upload import ledger  # noqa: E402
 from agent.upload.batch import build_item, encode  # noqa: E402
 from agent.upload.worker import Uploader  # noqa: E402
-from cloud.testing import CloudService  # noqa: E402
+from cloud.process import CloudService  # noqa: E402
 
 
 class SocketBytes:
@@ -86,25 +86,22 @@ def cpu_seconds() -> float:
 
 def fill_buffer(store: Store, n: int, size: int, unit: str) -> int:
     """n captures of `size` bytes (JPEG magic + random bytes), in one transaction (setup only)."""
-    payload = 0
     now = time.time()
-    with store.transaction() as conn:
-        for i in range(n):
-            jpeg = b"\xff\xd8\xff\xe0" + os.urandom(size - 4)
-            sha = hashlib.sha256(jpeg).hexdigest()
-            cid = f"{unit}-{i}-{sha[:12]}"
-            conn.execute(
-                """INSERT INTO captures (id, unit_id, unit_ref, path, sha256, size, received_at,
-                       unit_time, unit_time_kind, captured_at, trigger, meta, state_changed_at)
-                   VALUES (?, ?, ?, 'serial', ?, ?, ?, ?, 'epoch_s', ?, 'pir', '{}', ?)""",
-                (cid, unit, str(i), sha, size, now + i, int(now) + i, now + i, now),
-            )
-            conn.execute(
-                "INSERT INTO images (capture_id, variant, bytes, jpeg) VALUES (?, 'original', ?, ?)",
-                (cid, size, jpeg),
-            )
-            payload += size
-    return payload
+    captures = (
+        Capture(
+            unit,
+            str(i),
+            "serial",
+            b"\xff\xd8\xff\xe0" + os.urandom(size - 4),
+            now + i,
+            unit_time=int(now) + i,
+            unit_time_kind="epoch_s",
+            trigger="pir",
+        )
+        for i in range(n)
+    )
+    store.import_captures(captures)
+    return n * size
 
 
 def raw_batches(store: Store, station_id: str, batch: int) -> list[tuple[bytes, str]]:
@@ -209,11 +206,8 @@ token = "{token}"
         thread.start()
         deadline = time.monotonic() + 3600
         while time.monotonic() < deadline:
-            with store.read() as conn:
-                # indexed, so the bench's own polling costs next to nothing
-                left = conn.execute(
-                    "SELECT count(*) FROM captures WHERE state IN ('received', 'analysed')"
-                ).fetchone()[0]
+            # indexed, so the bench's own polling costs next to nothing
+            left = store.count_in_states(PENDING_STATES)
             if not left:
                 break
             time.sleep(0.05)

@@ -11,10 +11,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import cloud
 from cloud.api import captures, health, models, stations
+from cloud.api.limits import BodyLimit, count_refusal, refused
 from cloud.config import CloudConfig
 from cloud.errors import BackendUnavailable
 from cloud.service import Service
@@ -54,9 +56,12 @@ def create_app(config: CloudConfig, service: Service | None = None) -> FastAPI:
     for router in (health.router, captures.router, stations.router, models.router):
         app.include_router(router)
 
+    app.add_exception_handler(HTTPException, refused)
+
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         # 400 with one readable reason, as the API contract says (FastAPI's default is 422).
+        count_refusal(request, "schema")
         reasons = []
         for problem in exc.errors():
             where = ".".join(str(p) for p in problem.get("loc", ()))
@@ -72,6 +77,7 @@ def create_app(config: CloudConfig, service: Service | None = None) -> FastAPI:
             headers={"Retry-After": "5"},
         )
 
+    app.add_middleware(BodyLimit, limit=config.limits.max_json_bytes)
     app.add_middleware(RequestMetrics)
     return app
 

@@ -91,16 +91,54 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_argument("--quiet", "-q", action="store_true", help="print only the token")
     admin.set_defaults(func=cmd_admin_token)
 
-    models = sub.add_parser("models", help="publish and list model artifacts")
+    label = command("label", "set a station's cohort labels (replaces them)", st)
+    label.add_argument("station_id")
+    label.add_argument("labels", nargs="*")
+    label.set_defaults(func=cmd_stations_label)
+
+    models = sub.add_parser("models", help="publish models and roll them out to stations")
     md = models.add_subparsers(dest="action", required=True)
-    publish = command("publish", "publish a model package file (.tar or a single file)", md)
+    keygen = command("keygen", "make an ed25519 signing key pair (KEY and KEY.pub)", md)
+    keygen.add_argument("key_path", type=Path)
+    keygen.set_defaults(func=cmd_models_keygen)
+    publish = command("publish", "check, sign and publish a model package (folder or tar)", md)
     publish.add_argument("package_path", type=Path)
-    publish.add_argument("--name", required=True)
-    publish.add_argument("--version", required=True)
+    publish.add_argument("--sign-key", type=Path, help="private key from `models keygen`")
+    publish.add_argument(
+        "--max-bytes", type=int, default=512 << 20, help="refuse packages larger than this"
+    )
+    publish.add_argument("--out", type=Path, help="also write the tar and its .sig here")
+    publish.add_argument("--name", help="unsigned raw artifact only (without --sign-key)")
+    publish.add_argument("--version", help="unsigned raw artifact only (without --sign-key)")
     publish.set_defaults(func=cmd_models_publish)
     mls = command("list", "list published models", md)
     mls.add_argument("--json", action="store_true")
     mls.set_defaults(func=cmd_models_list)
+    ro = command("rollout", "roll NAME VERSION out in waves (supersedes a running rollout)", md)
+    ro.add_argument("name")
+    ro.add_argument("version")
+    ro.add_argument(
+        "--wave", action="append", default=[], type=_wave,
+        help="who a wave adds: 10%%, cohort:LABEL, station:ID[,ID], joined with + "
+        "(repeat for more waves; default one wave of 100%%)",
+    )  # fmt: skip
+    ro.add_argument("--success", type=float, default=1.0, help="share active to start next wave")
+    ro.add_argument("--errors", type=float, default=0.5, help="share failed that pauses it")
+    ro.add_argument("--timeout", type=float, default=3600.0, help="seconds without a report")
+    ro.add_argument("--min-agreement", type=float, help="shadow-run agreement stations require")
+    ro.set_defaults(func=cmd_models_rollout)
+    for action, text in (
+        ("promote", "start the next wave now"),
+        ("pause", "stop starting waves"),
+        ("resume", "resume a paused rollout"),
+        ("cancel", "stop offering the version (stations that run it keep it)"),
+        ("rollback", "every targeted station goes back to the version it had"),
+        ("status", "per wave counts and per station state"),
+    ):
+        p = command(action, text, md)
+        p.add_argument("name")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=cmd_models_rollout_action, rollout_action=action)
 
     export = sub.add_parser("export", help="export captures for analysis tools")
     ex = export.add_subparsers(dest="format", required=True)
@@ -245,9 +283,129 @@ def cmd_admin_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _wave(text: str):  # type: ignore[no-untyped-def]
+    from cloud.rollout import Wave
+
+    stations: list[str] = []
+    cohort = None
+    percent = None
+    for part in text.split("+"):
+        part = part.strip()
+        try:
+            if part.endswith("%"):
+                percent = float(part[:-1])
+                if not 0 <= percent <= 100:
+                    raise ValueError
+            elif part.startswith("cohort:") and part[7:]:
+                cohort = part[7:]
+            elif part.startswith("station:") and part[8:]:
+                stations += [s for s in part[8:].split(",") if s]
+            else:
+                raise ValueError
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{part!r}: expected 10%, cohort:LABEL or station:ID[,ID]"
+            ) from None
+    return Wave(tuple(stations), cohort, percent)
+
+
+def cmd_stations_label(args: argparse.Namespace) -> int:
+    from cloud.rollout import set_labels
+
+    service = _open(args)
+    try:
+        set_labels(service.db, args.station_id, args.labels)
+    finally:
+        service.close()
+    print(f"station {args.station_id} labels: {' '.join(sorted(set(args.labels))) or '(none)'}")
+    return 0
+
+
+def cmd_models_keygen(args: argparse.Namespace) -> int:
+    from agent.modelsync.artifact import ArtifactError, generate_key
+
+    try:
+        pub, text = generate_key(args.key_path)
+    except ArtifactError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"private key: {args.key_path} (keep it secret)")
+    print(f"public key:  {pub}")
+    print(f'pin it on stations: [modelsync] trusted_keys = ["{text}"]')
+    return 0
+
+
+def cmd_models_rollout(args: argparse.Namespace) -> int:
+    from cloud import rollout
+
+    spec = rollout.RolloutSpec(
+        waves=tuple(args.wave) or (rollout.Wave(percent=100.0),),
+        success_threshold=args.success,
+        error_threshold=args.errors,
+        timeout_s=args.timeout,
+        min_agreement=args.min_agreement,
+    )
+    service = _open(args)
+    try:
+        made = rollout.create(service.db, args.name, args.version, spec)
+        doc = rollout.status(service.db, args.name)
+    except rollout.RolloutError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        service.close()
+    print(f"rollout {made.rollout_id} started: {len(spec.waves)} wave(s)")
+    _print_rollout(doc)
+    return 0
+
+
+def cmd_models_rollout_action(args: argparse.Namespace) -> int:
+    from cloud import rollout
+
+    service = _open(args)
+    try:
+        if args.rollout_action != "status":
+            getattr(rollout, args.rollout_action)(service.db, args.name)
+        doc = rollout.status(service.db, args.name)
+    except rollout.RolloutError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        service.close()
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        _print_rollout(doc)
+    return 0
+
+
+def _print_rollout(doc: dict) -> None:
+    why = f" ({doc['reason']})" if doc["reason"] else ""
+    print(f"{doc['rollout_id']}: {doc['state']}{why}, wave {doc['wave']} of {len(doc['waves'])}")
+    for w in doc["waves"]:
+        print(
+            f"  wave {w['wave']} {w['who']:<24} {'started' if w['started'] else 'waiting':<8}"
+            f" {w['active']}/{w['targets']} active (need {w['success_threshold']:.0%}),"
+            f" {w['errors']} failed (pause at {w['error_threshold']:.0%}),"
+            f" {w['timed_out']} timed out"
+        )
+    print(f"  {'STATION':<20} {'WAVE':>4}  {'STATE':<13} REASON")
+    for s in doc["stations"]:
+        line = f"  {s['station_id']:<20} {s['wave']:>4}  {s['state']:<13} {s['reason'] or ''}"
+        print(line.rstrip())
+
+
 def cmd_models_publish(args: argparse.Namespace) -> int:
     from cloud.models import publish_model
 
+    if args.sign_key is not None:
+        return _publish_signed(args)
+    if not (args.name and args.version):
+        print(
+            "error: give --sign-key KEY (or --name and --version for a raw artifact)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     if not args.package_path.is_file():
         print(f"error: {args.package_path}: no such file", file=sys.stderr)
         return 1
@@ -261,6 +419,32 @@ def cmd_models_publish(args: argparse.Namespace) -> int:
         service.close()
     print(
         f"published {entry['name']} {entry['version']} ({entry['size']} bytes, sha256 {entry['sha256']})"
+    )
+    return 0
+
+
+def _publish_signed(args: argparse.Namespace) -> int:
+    from agent.modelsync.artifact import ArtifactError
+    from cloud.models import PublishError, publish_package
+
+    service = _open(args)
+    try:
+        release = publish_package(
+            service.db,
+            service.store,
+            args.package_path,
+            args.sign_key,
+            max_bytes=args.max_bytes,
+            out_dir=args.out,
+        )
+    except (PublishError, ArtifactError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        service.close()
+    print(
+        f"published {release['name']} {release['version']} ({release['size']} bytes, "
+        f"sha256 {release['sha256'][:16]}…, signed by key {release['key_id']})"
     )
     return 0
 

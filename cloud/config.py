@@ -1,83 +1,127 @@
-"""Service configuration: one TOML file plus `FIELDSTATION_CLOUD_<SECTION>_<KEY>` overrides."""
+"""Service configuration: one TOML file plus `FIELDSTATION_CLOUD_<SECTION>_<KEY>` overrides.
+
+Loaded by the station's config machinery (`agent.config.machinery`), so both sides share one
+loader: the same types, the same one-pass validation, the same file:line of every problem.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import re
-import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from agent.config import machinery
+from agent.config.machinery import Problem, build, opt, parse_toml, section
 
 DEFAULT_LISTEN = "127.0.0.1:8780"
 DEFAULT_DATA_DIR = "./fieldstation-cloud-data"
 ENV_PREFIX = "FIELDSTATION_CLOUD_"
+_LISTEN_RE = re.compile(r"\[?([^\]]*?)\]?:(\d{1,5})")
 
 
-class ConfigError(ValueError):
+class ConfigError(machinery.ConfigError):
     """A config file or variable is wrong; the message names the key, the line and the reason."""
+
+    def render(self, problem: Problem) -> str:
+        # keys read as the cloud's docs write them: `[limits] max_items`
+        where = problem.where(self.source)
+        name, _, key = problem.key.partition(".")
+        if not key:
+            return f"{where}: {problem.reason}"
+        if problem.expected:
+            return f"{where}: [{name}] {key} = {problem.value!r}: expected {problem.expected}"
+        if problem.reason.startswith("unknown key"):
+            rest = problem.reason.removeprefix("unknown key")
+            return f"{where}: unknown key [{name}] {key}{rest}"
+        return f"{where}: [{name}] {key}: {problem.reason}"
 
 
 @dataclass
 class ServerConfig:
-    listen: str = DEFAULT_LISTEN
-    data_dir: str = DEFAULT_DATA_DIR
-    log_level: str = "info"
-    # Seconds uvicorn waits for open requests after SIGTERM before closing them.
-    shutdown_timeout: int = 10
+    listen: str = opt(DEFAULT_LISTEN, help="HOST:PORT the API listens on ([::1]:PORT for IPv6)")
+    data_dir: str = opt(DEFAULT_DATA_DIR, help="SQLite database and local objects")
+    log_level: str = opt("info", help="log level")
+    shutdown_timeout: int = opt(
+        10, help="seconds uvicorn waits for open requests after SIGTERM", min=0, max=3600
+    )
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        if _listen_parts(self.listen) is None:
+            yield "listen", f"{self.listen!r} must look like HOST:PORT, e.g. 127.0.0.1:8780"
 
 
 @dataclass
 class DatabaseConfig:
-    # Empty means `sqlite:///<data_dir>/cloud.sqlite3`.
-    url: str = ""
+    url: str = opt(
+        "",
+        help="empty: sqlite:///<data_dir>/cloud.sqlite3",
+        pattern=r"^$|^sqlite:///|^postgres(ql)?://",
+        form="sqlite:///PATH or postgresql://USER@HOST/DB",
+    )
 
 
 @dataclass
 class StorageConfig:
-    backend: str = "local"  # local | s3 | azure | gcs
-    path: str = ""  # local: empty means <data_dir>/objects
-    fsync: bool = True  # local: fsync each image before answering "stored"
-    bucket: str = ""  # s3, gcs
-    container: str = ""  # azure
-    prefix: str = ""  # key prefix inside the bucket/container
-    endpoint_url: str = ""  # s3 (MinIO, moto, GCS interop), gcs emulator
-    region: str = ""  # s3
-    access_key_id: str = ""  # s3; empty uses boto3's default credential chain
-    secret_access_key: str = ""
-    connection_string: str = ""  # azure
-    account_url: str = ""  # azure, with DefaultAzureCredential-less account key below
-    account_key: str = ""
-    project: str = ""  # gcs
-    create_bucket: bool = False  # create the bucket/container at start (emulators, demo)
+    backend: str = opt("local", help="where images go", choices=["local", "s3", "azure", "gcs"])
+    path: str = opt("", help="local: empty means <data_dir>/objects")
+    fsync: bool = opt(True, help="local: fsync each image before answering stored")
+    bucket: str = opt("", help="s3, gcs")
+    container: str = opt("", help="azure")
+    prefix: str = opt("", help="key prefix inside the bucket/container")
+    endpoint_url: str = opt("", help="s3 (MinIO, moto, GCS interop), gcs emulator")
+    region: str = opt("", help="s3")
+    access_key_id: str = opt("", help="s3; empty uses boto3's default credential chain")
+    secret_access_key: str = opt("", help="s3")
+    connection_string: str = opt("", help="azure")
+    account_url: str = opt("", help="azure, with account_key")
+    account_key: str = opt("", help="azure")
+    project: str = opt("", help="gcs")
+    create_bucket: bool = opt(False, help="create the bucket/container at start (emulators, demo)")
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        if self.backend in ("s3", "gcs") and not self.bucket:
+            yield "bucket", f"required for backend {self.backend!r}"
+        if self.backend == "azure":
+            if not self.container:
+                yield "container", "required for backend 'azure'"
+            if not (self.connection_string or self.account_url):
+                yield "connection_string", "required for backend 'azure' (or account_url)"
 
 
 @dataclass
 class LimitsConfig:
-    max_body_bytes: int = 64 * 1024 * 1024
-    max_item_bytes: int = 8 * 1024 * 1024
-    max_items: int = 500
-    max_lookup_ids: int = 1000
-    # Per-station token bucket over all station requests; 0 disables it.
-    rate_limit_per_minute: float = 600.0
-    rate_limit_burst: int = 60
+    max_body_bytes: int = opt(64 * 1024 * 1024, help="largest request body", min=1)
+    max_item_bytes: int = opt(8 * 1024 * 1024, help="largest image in a batch", min=1)
+    max_items: int = opt(500, help="captures per batch", min=1)
+    max_lookup_ids: int = opt(1000, help="ids per lookup request", min=1)
+    max_json_bytes: int = opt(
+        256 * 1024, help="largest body of every route but the batch upload", min=1024
+    )
+    rate_limit_per_minute: float = opt(
+        600.0, help="per-station token bucket over all station requests; 0 disables it", min=0
+    )
+    rate_limit_burst: int = opt(60, help="requests a station may burst", min=1)
 
 
 @dataclass
 class AuthConfig:
-    # Plain admin token for operator routes (prefer FIELDSTATION_CLOUD_AUTH_ADMIN_TOKEN from a
-    # secret); `fieldstation-cloud admin-token` issues a hashed one in the database instead.
-    admin_token: str = ""
+    admin_token: str = opt(
+        "",
+        help="plain admin token for operator routes (prefer FIELDSTATION_CLOUD_AUTH_ADMIN_TOKEN "
+        "from a secret); `fieldstation-cloud admin-token` issues a hashed one instead",
+    )
 
 
 @dataclass
 class CloudConfig:
-    server: ServerConfig = field(default_factory=ServerConfig)
-    database: DatabaseConfig = field(default_factory=DatabaseConfig)
-    storage: StorageConfig = field(default_factory=StorageConfig)
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
-    auth: AuthConfig = field(default_factory=AuthConfig)
+    server: ServerConfig = section(ServerConfig)
+    database: DatabaseConfig = section(DatabaseConfig)
+    storage: StorageConfig = section(StorageConfig)
+    limits: LimitsConfig = section(LimitsConfig)
+    auth: AuthConfig = section(AuthConfig)
 
     @property
     def data_path(self) -> Path:
@@ -94,136 +138,48 @@ class CloudConfig:
         )
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(CloudConfig)}
-
-
-def _line_of(text: str, section: str, key: str | None) -> int | None:
-    """Best-effort line number of a key (tomllib does not report positions)."""
-    in_section = False
-    for number, line in enumerate(text.splitlines(), start=1):
-        stripped = line.strip()
-        if stripped.startswith("["):
-            in_section = stripped.strip("[] ") == section
-            if key is None and in_section:
-                return number
-            continue
-        if in_section and key and re.match(rf"{re.escape(key)}\s*=", stripped):
-            return number
-    return None
-
-
-def _coerce(section: str, key: str, value: Any, default: Any, where: str) -> Any:
-    """Convert a file or environment value to the type of the default, or raise ConfigError."""
-    want = type(default)
-    if want is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in (
-            "1",
-            "true",
-            "yes",
-            "on",
-            "0",
-            "false",
-            "no",
-            "off",
-        ):
-            return value.lower() in ("1", "true", "yes", "on")
-    elif want is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
-            return int(value)
-    elif want is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif want is str and isinstance(value, str):
-        return value
-    raise ConfigError(f"{where}: [{section}] {key} = {value!r}: expected {want.__name__}")
+SECTIONS = machinery.section_fields(CloudConfig)
 
 
 def load_config(
     path: str | os.PathLike[str] | None = None,
-    env: dict[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
     data_dir: str | None = None,
     listen: str | None = None,
 ) -> CloudConfig:
     """Build the config: defaults, then the TOML file, then environment, then command-line flags."""
-    config = CloudConfig()
+    env = os.environ if env is None else env
+    text, source = "", "<defaults>"
     if path is not None:
-        text = Path(path).read_text(encoding="utf-8")
-        try:
-            raw = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
-        for section, values in raw.items():
-            if section not in SECTIONS:
-                raise ConfigError(
-                    f"{path}:{_line_of(text, section, None)}: unknown section [{section}]"
-                )
-            if not isinstance(values, dict):
-                raise ConfigError(f"{path}: {section} must be a [section] table")
-            target = getattr(config, section)
-            for key, value in values.items():
-                where = f"{path}:{_line_of(text, section, key)}"
-                if not hasattr(target, key):
-                    raise ConfigError(f"{where}: unknown key [{section}] {key}")
-                setattr(target, key, _coerce(section, key, value, getattr(target, key), where))
-    for name, value in (os.environ if env is None else env).items():
-        if not name.startswith(ENV_PREFIX):
-            continue
-        rest = name[len(ENV_PREFIX) :].lower()
-        section, _, key = rest.partition("_")
-        if section not in SECTIONS or not hasattr(getattr(config, section), key):
-            raise ConfigError(f"environment {name}: no such setting")
-        target = getattr(config, section)
-        setattr(
-            target, key, _coerce(section, key, value, getattr(target, key), f"environment {name}")
-        )
-    if data_dir is not None:
-        config.server.data_dir = data_dir
-    if listen is not None:
-        config.server.listen = listen
-    validate(config)
+        text, source = Path(path).read_text(encoding="utf-8"), str(path)
+    data = parse_toml(text, source, error=ConfigError) if text else {}
+    config = build(CloudConfig, data, text, source, env, ENV_PREFIX, error=ConfigError)
+    if data_dir is not None or listen is not None:
+        if data_dir is not None:
+            config.server.data_dir = data_dir
+        if listen is not None:
+            config.server.listen = listen
+        validate(config, "command line")
     return config
+
+
+def validate(config: CloudConfig, source: str = "<config>") -> None:
+    """Check a config built in code (tests, flags) by the same rules as a file, or ConfigError."""
+    data = {name: dataclasses.asdict(getattr(config, name)) for name in SECTIONS}
+    build(CloudConfig, data, "", source, {}, ENV_PREFIX, error=ConfigError)
+
+
+def _listen_parts(listen: str) -> tuple[str, int] | None:
+    match = _LISTEN_RE.fullmatch(listen.strip())
+    if not match or not 0 <= int(match.group(2)) <= 65535:
+        return None
+    return match.group(1) or "127.0.0.1", int(match.group(2))
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
     """Split HOST:PORT (IPv6 as [::1]:PORT) or raise ConfigError."""
-    match = re.fullmatch(r"\[?([^\]]*?)\]?:(\d{1,5})", listen.strip())
-    if not match or not 0 <= int(match.group(2)) <= 65535:
-        raise ConfigError(f"[server] listen = {listen!r}: expected HOST:PORT")
-    return match.group(1) or "127.0.0.1", int(match.group(2))
-
-
-def validate(config: CloudConfig) -> None:
-    """Check cross-field rules once, before anything starts."""
-    parse_listen(config.server.listen)
-    storage = config.storage
-    if storage.backend not in ("local", "s3", "azure", "gcs"):
-        raise ConfigError(
-            f"[storage] backend = {storage.backend!r}: expected local, s3, azure or gcs"
-        )
-    if storage.backend in ("s3", "gcs") and not storage.bucket:
-        raise ConfigError(f"[storage] bucket: required for backend {storage.backend!r}")
-    if storage.backend == "azure":
-        if not storage.container:
-            raise ConfigError("[storage] container: required for backend 'azure'")
-        if not (storage.connection_string or storage.account_url):
-            raise ConfigError(
-                "[storage] connection_string or account_url: required for backend 'azure'"
-            )
-    url = config.database.url
-    if url and not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
-        raise ConfigError(f"[database] url = {url!r}: expected sqlite:///PATH or postgresql://...")
-    limits = config.limits
-    for name in ("max_body_bytes", "max_item_bytes", "max_items", "max_lookup_ids"):
-        if getattr(limits, name) <= 0:
-            raise ConfigError(f"[limits] {name}: must be positive")
-    if limits.rate_limit_per_minute < 0 or limits.rate_limit_burst < 1:
-        raise ConfigError("[limits] rate_limit_per_minute must be >= 0 and rate_limit_burst >= 1")
+    parts = _listen_parts(listen)
+    if parts is None:
+        reason = f"{listen!r} must look like HOST:PORT, e.g. 127.0.0.1:8780"
+        raise ConfigError("listen", [Problem("server.listen", None, reason)])
+    return parts

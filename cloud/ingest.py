@@ -18,10 +18,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from agent.upload.manifest import MANIFEST_PART, VARIANT_RANK
 from cloud.db import CaptureRow, Database
 from cloud.metrics import ServiceMetrics
 from cloud.multipart import MultipartError, Part, PartTooLarge, parse_parts
-from cloud.schema import VARIANT_RANK, BatchManifest, CaptureItem, reason_of
+from cloud.schema import BatchManifest, CaptureItem, reason_of
 from cloud.storage import ObjectStore
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -91,13 +92,15 @@ class BatchIngest:
             raise RequestError(413, str(exc)) from exc
         except MultipartError as exc:
             raise RequestError(400, str(exc)) from exc
-        manifest_part = parts.pop("manifest", None)
+        manifest_part = parts.pop(MANIFEST_PART, None)
         if manifest_part is None:
             raise RequestError(400, "no 'manifest' part in the multipart body")
         try:
             raw = json.loads(bytes(manifest_part.data))
         except (ValueError, UnicodeDecodeError) as exc:
             raise RequestError(400, f"manifest is not valid JSON: {exc}") from exc
+        except RecursionError:  # [[[[...]]]] a few KiB deep: refused, never a bare 500
+            raise RequestError(400, "manifest nests too deeply to be a manifest") from None
         try:
             manifest = BatchManifest.model_validate(raw)
         except ValidationError as exc:

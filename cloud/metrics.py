@@ -29,8 +29,8 @@ class ServiceMetrics:
         )
         self.rejections = Counter(
             "fieldstation_cloud_rejections_total",
-            "Rejected items and refused requests by kind of problem",
-            ["kind"],
+            "Rejected items and refused requests by reason",
+            ["reason"],
             registry=self.registry,
         )
         self.image_bytes = Counter(

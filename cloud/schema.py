@@ -2,21 +2,48 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-CAPTURE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+# The manifest's names are shared with the station (one definition, no station runtime imports).
+from agent.upload.manifest import CAPTURE_ID_PATTERN, PART_NAME_PATTERN, SHA256_PATTERN, Variant
+
 # Station ids end up in object keys and file names: same alphabet as capture ids, no ':'.
 STATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-SHA256_PATTERN = r"^[0-9a-f]{64}$"
-PART_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
-
-Variant = Literal["full", "thumbnail", "blurred", "none"]
-# Higher rank replaces lower on a duplicate upload ("none" is metadata only).
-VARIANT_RANK: dict[str, int] = {"none": 0, "thumbnail": 1, "blurred": 2, "full": 3}
 
 Unit01 = Annotated[float, Field(ge=0.0, le=1.0)]
+
+# Free-form JSON a station may attach (capture meta, heartbeat extras) is kept, so it is bounded.
+FREE_FORM_MAX_BYTES = 16 * 1024
+FREE_FORM_MAX_DEPTH = 8
+
+
+def bounded(value: Any, what: str) -> Any:
+    """Return `value` if it nests at most FREE_FORM_MAX_DEPTH levels and serialises to at most
+    FREE_FORM_MAX_BYTES, else raise ValueError saying which bound it broke."""
+    depth, level = 0, [(value, 1)]
+    while level:  # iterative: a hostile document must not be able to exhaust the stack
+        node, d = level.pop()
+        depth = max(depth, d)
+        if depth > FREE_FORM_MAX_DEPTH:
+            raise ValueError(f"{what} nests deeper than {FREE_FORM_MAX_DEPTH} levels")
+        if isinstance(node, dict):
+            level.extend((v, d + 1) for v in node.values())
+        elif isinstance(node, list):
+            level.extend((v, d + 1) for v in node)
+    size = len(json.dumps(value, separators=(",", ":")))
+    if size > FREE_FORM_MAX_BYTES:
+        raise ValueError(f"{what} is {size} bytes as JSON; the limit is {FREE_FORM_MAX_BYTES}")
+    return value
 
 
 class Detection(BaseModel):
@@ -64,6 +91,12 @@ class CaptureItem(BaseModel):
     detections: list[Detection] = Field(default_factory=list, max_length=500)
     meta: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _bounded_free_form(self) -> CaptureItem:
+        bounded(self.meta, "meta")
+        bounded(self.model_extra or {}, "fields this version does not know")
+        return self
+
 
 class BatchManifest(BaseModel):
     """The `manifest` part; items are validated one by one so one bad item rejects only itself."""
@@ -83,7 +116,7 @@ class BatchResponse(BaseModel):
 
 
 class LookupRequest(BaseModel):
-    capture_ids: list[str] = Field(max_length=1000)
+    capture_ids: list[Annotated[str, Field(max_length=128)]] = Field(max_length=1000)
 
 
 class HeldCapture(BaseModel):
@@ -98,7 +131,9 @@ class LookupResponse(BaseModel):
 class QueueState(BaseModel):
     depth: int = Field(ge=0)
     bytes: int = Field(ge=0)
-    by_state: dict[str, int] = Field(default_factory=dict)
+    by_state: dict[Annotated[str, Field(max_length=32)], int] = Field(
+        default_factory=dict, max_length=16
+    )
 
 
 class DiskState(BaseModel):
@@ -110,15 +145,25 @@ class Heartbeat(BaseModel):
     # Stations may add fields in later versions; keep them rather than refuse the heartbeat.
     model_config = ConfigDict(extra="allow")
 
-    station_id: str
+    station_id: str = Field(max_length=64)
     time: float
-    power_state: str | None = None
+    power_state: str | None = Field(default=None, max_length=64)
     battery: dict[str, Any] | None = None
     queue: QueueState | None = None
     disk: DiskState | None = None
-    models: dict[str, str] = Field(default_factory=dict)
-    units_seen: list[str] = Field(default_factory=list)
-    software_version: str | None = None
+    models: dict[Annotated[str, Field(max_length=200)], Annotated[str, Field(max_length=200)]] = (
+        Field(default_factory=dict, max_length=100)
+    )
+    units_seen: list[Annotated[str, Field(max_length=128)]] = Field(
+        default_factory=list, max_length=1000
+    )
+    software_version: str | None = Field(default=None, max_length=100)
+
+    @model_validator(mode="after")
+    def _bounded_free_form(self) -> Heartbeat:
+        bounded(self.battery or {}, "battery")
+        bounded(self.model_extra or {}, "fields this version does not know")
+        return self
 
 
 class HeartbeatResponse(BaseModel):

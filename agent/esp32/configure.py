@@ -24,7 +24,8 @@ NAMESPACE = "wildcam"
 NVS_KEY_MAX = 15  # nvs_flash's NVS_KEY_NAME_MAX_SIZE - 1
 # key -> (NVS type, max string bytes or (min, max) for numbers). Mirrors wc_config_keys in
 # esp32/firmware/components/wildcam_core/src/wc_config.c; tests/esp32 checks they agree.
-NVS_KEYS: dict[str, tuple[str, object]] = {
+# key -> (NVS type, limit): the byte length for strings, the (low, high) range for numbers
+NVS_KEYS: dict[str, tuple[str, int | tuple[int, int]]] = {
     "unit_id": ("string", 32),
     "station_id": ("string", 32),
     "wifi_ssid": ("string", 32),
@@ -144,7 +145,8 @@ def check_value(key: str, value: int | str) -> int | str:
         return value
     if not isinstance(value, int) or isinstance(value, bool):
         raise ConfigureError(f"{key} must be a whole number")
-    lo, hi = limit  # type: ignore[misc]
+    assert isinstance(limit, tuple)
+    lo, hi = limit
     if not lo <= value <= hi:
         raise ConfigureError(f"{key}={value} is outside {lo}..{hi}")
     if key in ("quiet_start", "quiet_end") and value != p.NO_QUIET_PERIOD and value >= 1440:

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import protocol as p
 from agent.esp32 import core
@@ -28,6 +28,9 @@ from agent.esp32.virtual import (
     UnitLink,
     VirtualUnit,
 )
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,7 @@ class _RawInput:
             self.serial_fd = link.fd
         elif isinstance(link, MqttUnitLink):
             # take the raw payloads: the C core, not the Python codec, must judge them
-            def on_message(c, userdata, msg):  # noqa: ANN001
+            def on_message(c: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
                 self.frames.put(bytes(msg.payload))
 
             link.client.on_message = on_message
@@ -126,7 +129,7 @@ class CoreVirtualUnit(VirtualUnit):
         self.sleeps: list[Sleep] = []
         self.log_lines: list[str] = []
         self._events: list[p.Message] = []
-        self._replies: list[p.Message] = []
+        self._replies: list[p.Ack | p.Nak] = []
         self._commands: list[p.Message] = []
         self._begins: dict[int, int] = {}
         self._input = _RawInput(link)
@@ -223,7 +226,9 @@ class CoreVirtualUnit(VirtualUnit):
             )
             return 0
 
-        def stored_read(_ctx: object, cid: int, off: int, buf: object, n: int) -> int:
+        def stored_read(
+            _ctx: object, cid: int, off: int, buf: C._Pointer[C.c_uint8], n: int
+        ) -> int:
             jpeg = self.pending.get(cid)
             if jpeg is None or off + n > len(jpeg):
                 return -1
@@ -240,7 +245,7 @@ class CoreVirtualUnit(VirtualUnit):
             out[0] = min(self.pending)
             return 0
 
-        def on_message(_ctx: object, ftype: int, payload: object, n: int) -> None:
+        def on_message(_ctx: object, ftype: int, payload: C._Pointer[C.c_uint8], n: int) -> None:
             self._events.append(p.MESSAGES[ftype].decode_payload(C.string_at(payload, n)))
 
         def core_log(_ctx: object, level: int, msg: bytes) -> None:
@@ -317,7 +322,7 @@ class CoreVirtualUnit(VirtualUnit):
     # --- what the core does ---------------------------------------------------------------------
 
     @property
-    def config(self) -> UnitConfig:  # type: ignore[override]
+    def config(self) -> UnitConfig:
         c = self.lib.wc_unit_config(self._unit).contents
         return UnitConfig(
             c.capture_interval_s,
@@ -337,10 +342,10 @@ class CoreVirtualUnit(VirtualUnit):
     @property
     def stats(self) -> dict[str, int]:
         s = self.lib.wc_unit_stats(self._unit).contents
-        return {name: getattr(s, name) for name, _ in core.Stats._fields_}
+        return {f[0]: getattr(s, f[0]) for f in core.Stats._fields_}
 
     @property
-    def next_capture_id(self) -> int:  # type: ignore[override]
+    def next_capture_id(self) -> int:
         return int(getattr(self, "nvs", {}).get("capture_seq", 0))
 
     @next_capture_id.setter
@@ -374,6 +379,11 @@ class CoreVirtualUnit(VirtualUnit):
         with self._lock:
             self.lib.wc_unit_wake(self._unit, WAKE[reason])
             self._check()
+
+    def discard_input(self) -> None:
+        """Drop what the station sent while the unit slept (a sleeping board's UART hears nothing)."""
+        while self._input.read(0) is not None:
+            pass
 
     def pump(self, timeout: float) -> int:
         """Feed whatever the station sends within timeout to the core; return station messages seen."""
@@ -496,20 +506,16 @@ class UnitRunner:
         self._stop = threading.Event()
         self.cycles = 0
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=f"unit-{unit.unit_id}", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=f"unit-{unit.unit_id}", daemon=True)
 
     def start(self) -> UnitRunner:
-        self._thread.start()
+        self.thread.start()
         return self
 
     def wake(self, reason: str = "pir") -> None:
         """A PIR trigger (or timer) while the unit sleeps."""
         self._wake_reason = reason
         self._wake.set()
-
-    def _drain(self) -> None:
-        while self.unit._input.read(0) is not None:
-            pass
 
     def _run(self) -> None:
         try:
@@ -521,7 +527,7 @@ class UnitRunner:
                 reason = self._wake_reason or "timer"
                 self._wake_reason = None
                 if reason != "power_on":
-                    self._drain()
+                    self.unit.discard_input()
                 self.awake.set()
                 self.unit.wake(reason)
                 while not self._stop.is_set():
@@ -548,4 +554,4 @@ class UnitRunner:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=10)
+        self.thread.join(timeout=10)

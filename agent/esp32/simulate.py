@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from agent import protocol as p
+from agent.esp32.units import virtual_unit
 from agent.esp32.virtual import MqttUnitLink, PtySerialLink, UnitLink, VirtualUnit, load_images
 
 log = logging.getLogger(__name__)
@@ -67,10 +68,7 @@ def make_units(
             assert mqtt
             host, port = parse_mqtt_url(mqtt)
             link = MqttUnitLink(host, port, station, unit_id)
-        kwargs: dict[str, object] = {"chunk_size": 4096}
-        unit = VirtualUnit(unit_id, link, **kwargs)  # type: ignore[arg-type]
-        if unit.engine == "c-core":
-            unit.images = images  # type: ignore[attr-defined]
+        unit = virtual_unit(unit_id, link, chunk_size=4096, images=images)
         out.append(unit)
     return out
 

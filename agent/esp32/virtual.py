@@ -16,8 +16,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from agent import protocol as p
+
+if TYPE_CHECKING:  # paho is imported when an MQTT link is made, not by every virtual unit
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.reasoncodes import ReasonCode
 
 log = logging.getLogger(__name__)
 
@@ -118,18 +124,30 @@ class MqttUnitLink(UnitLink):
             clean_session=False,
         )
 
-        def on_connect(c, userdata, flags, rc, props):  # noqa: ANN001
-            from agent.ingest.mqtt import _no_delay
+        def on_connect(
+            c: mqtt.Client,
+            userdata: Any,
+            flags: mqtt.ConnectFlags,
+            rc: ReasonCode,
+            props: Properties | None,
+        ) -> None:
+            from agent.ingest.mqtt import no_delay
 
-            _no_delay(c)
+            no_delay(c)
             c.subscribe([(self.prefix + "ack", 1), (self.prefix + "cmd", 1)])
 
-        def on_subscribe(c, userdata, mid, rcs, props):  # noqa: ANN001
+        def on_subscribe(
+            c: mqtt.Client,
+            userdata: Any,
+            mid: int,
+            rcs: list[ReasonCode],
+            props: Properties | None,
+        ) -> None:
             self._connected.set()
 
-        def on_message(c, userdata, msg):  # noqa: ANN001
+        def on_message(c: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
             try:
-                self._inbox.put(p.decode_frame(msg.payload))
+                self._inbox.put(p.decode_frame(bytes(msg.payload)))
             except p.ProtocolError as exc:
                 log.warning("virtual unit: bad frame from station: %s", exc)
 
@@ -181,18 +199,13 @@ class SendResult:
 
 
 class VirtualUnit:
-    """One simulated camera unit.
+    """One simulated camera unit, in pure Python.
 
-    `VirtualUnit(...)` runs the firmware's own C core (agent.esp32.host_unit.CoreVirtualUnit) when
-    a C compiler is at hand; this class's pure-Python body is the fallback, and says so in the log.
+    `agent.esp32.units.virtual_unit(...)` makes the unit to use: the firmware's own C core
+    (agent.esp32.host_unit.CoreVirtualUnit) when a C compiler is at hand, else this fallback.
     """
 
     engine = "python"
-
-    def __new__(cls, *args: object, **kwargs: object) -> VirtualUnit:
-        if cls is VirtualUnit:
-            return object.__new__(_implementation())
-        return object.__new__(cls)
 
     def __init__(
         self,
@@ -208,7 +221,7 @@ class VirtualUnit:
         first_capture_id: int = 1,
         boot_time: float | None = None,
     ) -> None:
-        p._check_unit_id(unit_id)
+        p.check_unit_id(unit_id)
         self.unit_id = unit_id
         self.link = link
         self.chunk_size = chunk_size
@@ -326,27 +339,6 @@ class VirtualUnit:
 
     def close(self) -> None:
         self.link.close()
-
-
-_fallback_logged = False
-
-
-def _implementation() -> type[VirtualUnit]:
-    """CoreVirtualUnit when the C core builds here, else this pure-Python class (logged once)."""
-    global _fallback_logged
-    from agent.esp32 import core
-
-    if os.environ.get("WILDCAM_VIRTUAL_UNIT") != "python" and core.core_available():
-        from agent.esp32.host_unit import CoreVirtualUnit
-
-        return CoreVirtualUnit
-    if not _fallback_logged:
-        _fallback_logged = True
-        log.warning(
-            "virtual unit: the firmware's C core is not available here (no C compiler, or "
-            "WILDCAM_VIRTUAL_UNIT=python); using the pure-Python fallback"
-        )
-    return VirtualUnit
 
 
 def load_images(folder: Path) -> list[bytes]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from agent.esp32.configure import (
     NVS_KEYS,
@@ -25,7 +26,8 @@ from agent.esp32.flash import (
     FlashError,
     create_virtual_flash,
 )
-from agent.esp32.virtual import UnitLink, VirtualUnit
+from agent.esp32.host_unit import CoreVirtualUnit
+from agent.esp32.virtual import UnitLink
 
 VIRTUAL_APP_MARK = b"WILDCAM-VIRTUAL-APP\0"
 
@@ -115,7 +117,7 @@ class VirtualBoard:
             f.seek(offset)
             f.write(data)
 
-    def boot(self, link: UnitLink, linger_ms: int = 1500, **kwargs: object) -> VirtualUnit:
+    def boot(self, link: UnitLink, linger_ms: int = 1500, **kwargs: Any) -> CoreVirtualUnit:
         """Power on: check the firmware is there, read NVS, start the core (HELLO follows on wake)."""
         version = self.firmware_version()
         settings = read_unit_settings(self.path.read_bytes())
@@ -125,15 +127,15 @@ class VirtualBoard:
             )
         nvs: dict[str, int | str] = {"linger_ms": linger_ms}
         nvs.update({k: v.value for k, v in settings.items() if isinstance(v.value, (int, str))})
-        unit = VirtualUnit(
+        unit = CoreVirtualUnit(  # a board runs its firmware: the C core, never the fallback
             str(nvs["unit_id"]),
             link,
             firmware_version=version,
             chip=self.chip,
             mac=self.mac,
             chunk_size=int(nvs.get("chunk_size", 4096)),
-            nvs=nvs,  # type: ignore[arg-type]
-            **kwargs,  # type: ignore[arg-type]
+            nvs=nvs,
+            **kwargs,
         )
-        unit.on_nvs_change = self._persist  # type: ignore[attr-defined]
+        unit.on_nvs_change = self._persist
         return unit

@@ -5,8 +5,10 @@ models/README.md documents each field.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,6 +187,10 @@ def parse_card(data: bytes | str | dict[str, Any], source: str = "model.json") -
     if max_det is not None and not 1 <= max_det <= 1000:
         p.add("max_detections", f"{max_det} is not between 1 and 1000")
     decoder = get("decoder", dict, {})
+    if decoder is not None and task in dec.TASKS:
+        # each family declares the keys it takes (decoders.Option): none is taken on trust
+        for key, reason in dec.option_problems(task, decoder):
+            p.add(f"decoder.{key}", reason)
 
     model = get("model", dict, {"file": "model.tflite"})
     if model is not None:
@@ -208,6 +214,7 @@ def parse_card(data: bytes | str | dict[str, Any], source: str = "model.json") -
             p.add(key, f"unknown field; a card takes: {', '.join(sorted(known))}")
     if p.items:
         raise PackageError(source, "bad card: " + "; ".join(p.items))
+    assert spec is not None  # a spec that did not parse left a problem above
     return ModelCard(
         name=name,
         version=version,
@@ -244,8 +251,17 @@ def _kind(kind: type | tuple[type, ...]) -> str:
 def _parse_input(raw: dict[str, Any] | None, p: _Problems) -> InputSpec | None:
     raw = raw or {}
     bad = False
+    known = ("width", "height", "layout", "colour", "dtype", "resize", "pad_value", "normalise")
+    for key in raw:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean `{close[0]}`? " if close else ""
+            p.add(f"input.{key}", f"unknown key; {hint}input takes: {', '.join(known)}")
+            bad = True
 
-    def field_(key, kind, default, check, reason):
+    def field_(
+        key: str, kind: type, default: Any, check: Callable[[Any], bool], reason: str
+    ) -> Any:
         nonlocal bad
         value = raw.get(key, default)
         if (
@@ -284,7 +300,7 @@ def _parse_input(raw: dict[str, Any] | None, p: _Problems) -> InputSpec | None:
         elif any(s == 0 for s in std):
             p.add("input.normalise.std", "must not contain 0")
             bad = True
-    if bad:
+    if bad or mean is None or std is None:
         return None
     return InputSpec(width, height, layout, colour, dtype, resize, pad, mean, std)
 

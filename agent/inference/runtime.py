@@ -23,7 +23,7 @@ def _import() -> tuple[str, Any]:
         return "ai-edge-litert", litert
     except ImportError as litert_error:
         try:
-            import tflite_runtime.interpreter as tflite_rt  # type: ignore[import-not-found]
+            import tflite_runtime.interpreter as tflite_rt
 
             return "tflite-runtime", tflite_rt
         except ImportError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.config import opt
+from agent.config.machinery import opt
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,38 @@ class InferenceSection:
         "blur",
         help="images with people: blur them before upload, drop (upload metadata only) or keep",
         choices=["blur", "drop", "keep"],
+    )
+    person_finders: str = opt(
+        "both",
+        help="which privacy finders below run (unless person_policy is keep): faces, bodies or "
+        "both; the detector's own person results always count",
+        choices=["faces", "bodies", "both"],
+    )
+    face_models: list[str] = opt(
+        [], help="face packages run for the privacy policy, e.g. blazeface-full-range"
+    )
+    face_threshold: float = opt(0.6, help="minimum score of a face finder's result", min=0, max=1)
+    body_models: list[str] = opt(
+        [],
+        help='body finders run for the privacy policy: "opencv-hog" (OpenCV\'s HOG people '
+        "detector, built in) and/or packages such as blazepose-detector",
+    )
+    body_threshold: float = opt(
+        0.65,
+        help="minimum score of a body package's result (BlazePose fires at 0.55 on a logo)",
+        min=0,
+        max=1,
+    )
+    hog_threshold: float = opt(
+        0.3,
+        help="minimum SVM margin of an opencv-hog result (a margin, not a probability)",
+        min=-2,
+        max=10,
+    )
+    person_mask: str = opt(
+        "",
+        help="segmentation package that turns each person region into a silhouette to blur, "
+        "e.g. selfie-segmentation; empty: blur the region's box",
     )
     blur_quality: int = opt(90, help="JPEG quality of blurred images", min=30, max=100)
     batch_size: int = opt(8, help="captures taken from the buffer per round", min=1, max=1000)

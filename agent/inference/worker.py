@@ -6,22 +6,27 @@ previous one running (or, at start, leaves captures waiting in `received` until 
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from agent.config import Config
+from agent.health import Alarm
 from agent.inference import results
 from agent.inference.image import ImageError
-from agent.inference.package import Detection, PackageError, load_package
+from agent.inference.package import Detection, ModelPackage, PackageError, load_package
 from agent.inference.pipeline import STAGES, Analysis, Pipeline
-from agent.inference.privacy import blur_jpeg, private_boxes, upload_variant
+from agent.inference.privacy import PersonFinders, blur_people, load_finders, upload_variant
 from agent.inference.settings import InferenceSection, models_dir, resolve_package
-from agent.store import StoreError
+from agent.metrics import Metrics
+from agent.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +36,7 @@ ResultHook = Callable[[str, list[Detection]], None]
 class InferenceMetrics:
     """Counters and histograms of the inference worker, on the station's registry."""
 
-    def __init__(self, registry: Any) -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.seconds = Histogram(
             "fieldstation_inference_seconds",
             "Time per capture in each inference stage (decode, preprocess, invoke, postprocess, "
@@ -77,9 +82,9 @@ class InferenceWorker:
 
     def __init__(
         self,
-        store: Any,
-        config: Any,
-        metrics: Any,
+        store: Store,
+        config: Config,
+        metrics: Metrics,
         *,
         on_result: ResultHook | None = None,
     ) -> None:
@@ -89,17 +94,26 @@ class InferenceWorker:
         self.metrics = InferenceMetrics(metrics.registry)
         self.on_result = on_result
         self.pipeline: Pipeline | None = None
+        self.privacy: PersonFinders | None = None  # loaded with the first pipeline
         self.last_error: str | None = None
         self._signature: tuple | None = None
         self._next_reload = 0.0
         self._lock = threading.Lock()
         self.counts = {"analysed": 0, "empty": 0, "failed": 0, "skipped": 0}
+        # model sync's seam: the detector folder it made active (None: the configured one)
+        self.detector_source: Callable[[], Path | None] | None = None
+        # (detector name@version, ok, seconds, non-empty) per capture, for model sync's probation
+        self.recent: deque[tuple[str, bool, float, bool]] = deque(maxlen=2000)
+        # the power manager's seam: all models, detector only, or paused (captures wait)
+        self.power_mode = "all"
 
     # --- models ------------------------------------------------------------------------------
 
     def _paths(self) -> tuple[Path | None, Path | None]:
         s = self.section
-        det = resolve_package(s.detector, self.models_dir) if s.detector else None
+        det = self.detector_source() if self.detector_source else None
+        if det is None:
+            det = resolve_package(s.detector, self.models_dir) if s.detector else None
         cls = resolve_package(s.classifier, self.models_dir) if s.classifier else None
         return det, cls
 
@@ -108,19 +122,25 @@ class InferenceWorker:
         pipeline stays active and PackageError is raised."""
         s = self.section
         roles = (("detector", detector), ("classifier", classifier))
-        loaded = {}
+        loaded: dict[str, ModelPackage] = {}
         for role, path in roles:
             if path is None:
-                loaded[role] = None
                 continue
             try:
                 loaded[role] = load_package(path, threads=s.threads, xnnpack=s.xnnpack)
             except PackageError:
                 self.metrics.model_errors.labels(role).inc()
                 raise
+        privacy = self.privacy
+        if privacy is None:
+            try:
+                privacy = load_finders(s, self.models_dir, threads=s.threads, xnnpack=s.xnnpack)
+            except PackageError:
+                self.metrics.model_errors.labels("privacy").inc()
+                raise
         pipeline = Pipeline(
             loaded["detector"],
-            loaded["classifier"],
+            loaded.get("classifier"),
             classify_groups=tuple(s.classify_groups),
             crop_margin=s.crop_margin,
             max_pixels=s.max_pixels,
@@ -128,6 +148,11 @@ class InferenceWorker:
         )
         with self._lock:
             old, self.pipeline = self.pipeline, pipeline
+            self.privacy = privacy
+            self._signature = (
+                _stamp(Path(detector)),
+                _stamp(Path(classifier) if classifier else None),
+            )
         self.metrics.model_active.clear()
         for role, package in (("detector", pipeline.detector), ("classifier", pipeline.classifier)):
             if package is not None:
@@ -138,10 +163,11 @@ class InferenceWorker:
             log.info("models active: %s", _names(pipeline))
         return pipeline
 
-    def _reload_if_changed(self) -> None:
-        """(Re)load the configured packages when their files changed, at most every interval."""
+    def reload_if_changed(self, *, force: bool = False) -> None:
+        """(Re)load the configured packages when their files changed, at most every interval
+        (`force`: look now)."""
         now = time.monotonic()
-        if now < self._next_reload:
+        if now < self._next_reload and not force:
             return
         self._next_reload = now + self.section.reload_interval_s
         det, cls = self._paths()
@@ -169,8 +195,8 @@ class InferenceWorker:
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            if self.section.enabled and self.section.detector:
-                self._reload_if_changed()
+            if self.section.enabled and self._has_detector():
+                self.reload_if_changed()
             done = self.run_once()
             if done == 0:
                 stop.wait(self.section.poll_interval_s)
@@ -181,10 +207,12 @@ class InferenceWorker:
         skip_reason = None
         if not s.enabled:
             skip_reason = "inference disabled"
-        elif not s.detector:
+        elif not self._has_detector():
             skip_reason = "no model configured"
         if skip_reason is None and self.pipeline is None:
             return 0  # configured models not loadable: leave captures waiting
+        if skip_reason is None and self.power_mode == "paused":
+            return 0  # low battery: captures stay received and are analysed later
         rows = self.store.captures_in_state("received", s.batch_size)
         for row in rows:
             if skip_reason is not None:
@@ -192,6 +220,17 @@ class InferenceWorker:
             else:
                 self.process(row["id"])
         return len(rows)
+
+    def set_power_mode(self, mode: str) -> None:
+        """Follow the power state: "all" models, "detector_only", or "paused"."""
+        if mode not in ("all", "detector_only", "paused"):
+            raise ValueError(f"inference power mode {mode!r} is not all, detector_only or paused")
+        if mode != self.power_mode:
+            log.info("inference: %s (power)", mode)
+        self.power_mode = mode
+
+    def _has_detector(self) -> bool:
+        return bool(self.section.detector) or bool(self.detector_source and self.detector_source())
 
     def _skip(self, capture_id: str, reason: str) -> None:
         try:
@@ -209,6 +248,9 @@ class InferenceWorker:
             pipeline = self.pipeline
         if pipeline is None:
             raise RuntimeError("no active models")
+        if self.power_mode == "detector_only" and pipeline.classifier is not None:
+            pipeline = copy.copy(pipeline)  # ECO: the detector alone, crops stay unclassified
+            pipeline.classifier = None
         jpeg = self.store.read_image(capture_id)
         if jpeg is None:
             self._fail(capture_id, "no original image stored")
@@ -216,12 +258,19 @@ class InferenceWorker:
         try:
             analysis = pipeline.analyse(jpeg)
             t0 = time.perf_counter()
+            privacy = self.privacy
+            if privacy is not None and self.section.person_policy != "keep":
+                analysis.detections.extend(
+                    privacy.find(jpeg, already=analysis.models, max_pixels=self.section.max_pixels)
+                )
+                analysis.models.extend(m for m in privacy.models if m not in analysis.models)
             variant = upload_variant(self.section.person_policy, analysis.detections)
             blurred = None
             if variant == "blurred":
-                blurred = blur_jpeg(
+                blurred = blur_people(
                     jpeg,
-                    private_boxes(analysis.detections),
+                    analysis.detections,
+                    mask=privacy.mask if privacy else None,
                     quality=self.section.blur_quality,
                     max_pixels=self.section.max_pixels,
                 )
@@ -230,6 +279,7 @@ class InferenceWorker:
             self._fail(capture_id, f"bad image: {exc}")
             return None
         except Exception as exc:  # a model that breaks on this input: keep the capture, say why
+            self.recent.append((pipeline.detector.card.id, False, 0.0, False))
             log.exception("capture %s: inference failed", capture_id)
             self._fail(capture_id, f"inference error: {type(exc).__name__}: {exc}")
             return None
@@ -242,6 +292,8 @@ class InferenceWorker:
             log.warning("capture %s: analysis not stored: %s", capture_id, exc)
             return None
         analysis.timings["store"] = time.perf_counter() - t0
+        seconds = sum(analysis.timings.get(k, 0.0) for k in STAGES)
+        self.recent.append((pipeline.detector.card.id, True, seconds, not analysis.empty))
         self._count(analysis)
         if self.on_result is not None:
             try:
@@ -277,6 +329,18 @@ class InferenceWorker:
             "counts": dict(self.counts),
             "error": self.last_error,
         }
+
+    def alarms(self) -> list[Alarm]:
+        """A configured model that does not load, in words (captures wait while no detector runs)."""
+        error = self.last_error
+        if not (self.section.enabled and self._has_detector()):
+            return []
+        if self.pipeline is None:
+            why = error or "not loaded yet"
+            return [Alarm("inference", "detector", f"{why}; captures wait unanalysed")]
+        if error:
+            return [Alarm("inference", "models", f"{error}; keeping the previous models")]
+        return []
 
 
 def _names(p: Pipeline) -> list[str]:

@@ -15,14 +15,17 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from agent import protocol as p
-from agent.capture import Capture, IngestPath
+from agent.capture import Capture, IngestPath, TimeKindName
 from agent.config import IngestSection
 from agent.metrics import Metrics
 from agent.store import StorageFull, Store
 
 log = logging.getLogger(__name__)
 
-TIME_KINDS = {p.TimeKind.BOOT_MS: "boot_ms", p.TimeKind.EPOCH_MS: "epoch_ms"}
+TIME_KINDS: dict[int, TimeKindName] = {
+    p.TimeKind.BOOT_MS: "boot_ms",
+    p.TimeKind.EPOCH_MS: "epoch_ms",
+}
 TRIGGERS = {t.value: t.name.lower() for t in p.Trigger}
 
 
@@ -301,7 +304,7 @@ class Assembler:
             jpeg=jpeg,
             received_at=self.clock(),
             unit_time=b.unit_time,
-            unit_time_kind=TIME_KINDS.get(b.time_kind, "boot_ms"),  # type: ignore[arg-type]
+            unit_time_kind=TIME_KINDS.get(b.time_kind, "boot_ms"),
             trigger=TRIGGERS.get(b.trigger),
         )
         started = time.perf_counter()

@@ -11,8 +11,9 @@ import hmac
 import json
 import logging
 import re
+import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -22,11 +23,12 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.types import Message
 
 from agent import protocol as p
-from agent.capture import Capture, classify_unit_time
+from agent.capture import Capture, capture_time, classify_unit_time
 from agent.metrics import Metrics
-from agent.store import StorageFull, Store
+from agent.store import StorageFull, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ class Intake:
         token: str = "",
         max_body_bytes: int = 5 << 20,
         max_capture_bytes: int = 4 << 20,
+        unit_clock_skew_s: float = 900.0,
         clock: Callable[[], float] = time.time,
         on_stored: Callable[[str, str, bool], None] | None = None,
     ) -> None:
@@ -62,6 +65,7 @@ class Intake:
         self.token = token
         self.max_body_bytes = max_body_bytes
         self.max_capture_bytes = max_capture_bytes
+        self.unit_clock_skew_s = unit_clock_skew_s
         self.clock = clock
         self.on_stored = on_stored
 
@@ -72,12 +76,16 @@ class Intake:
             Route("/api/cameras/{device_id}/status", self._wrap(self.status), methods=["POST"]),
         ]
 
-    def _wrap(self, handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+    def _wrap(
+        self, handler: Callable[[Request], Awaitable[JSONResponse]]
+    ) -> Callable[[Request], Awaitable[JSONResponse]]:
         async def endpoint(request: Request) -> JSONResponse:
             try:
-                self._authorise(request)
-                await self._read_body(request)
-                return await handler(request)
+                try:
+                    self._authorise(request)
+                    return await handler(await self._read_body(request))
+                except (sqlite3.Error, StoreError) as exc:
+                    raise _storage_refusal(exc) from exc
             except IntakeError as exc:
                 self.metrics.rejected.labels("http", exc.reason).inc()
                 if request.url.path == "/api/detections":
@@ -105,8 +113,11 @@ class Intake:
         ):
             raise IntakeError(401, "unauthorised", "missing or wrong bearer token")
 
-    async def _read_body(self, request: Request) -> None:
-        """Read the whole body under the size limit, so the parsers below never see more."""
+    async def _read_body(self, request: Request) -> Request:
+        """Read the whole body under the size limit, so the parsers below never see more.
+
+        Returns a request over the bytes already read (json() and form() replay them).
+        """
         declared = request.headers.get("content-length")
         if declared is not None:
             try:
@@ -121,7 +132,17 @@ class Intake:
             body += chunk
             if len(body) > self.max_body_bytes:
                 raise IntakeError(413, "too_large", f"body is above {self.max_body_bytes} bytes")
-        request._body = bytes(body)  # starlette reuses a cached body for json() and form()
+        data = bytes(body)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if sent:  # a second read means the client went away, as starlette expects
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": data, "more_body": False}
+
+        return Request(request.scope, replay)
 
     # --- routes ---------------------------------------------------------------------------------
 
@@ -193,21 +214,33 @@ class Intake:
         if not jpeg or not p.is_jpeg(jpeg):
             raise IntakeError(400, "not_jpeg", "image part is not a JPEG (no FF D8 … FF D9)")
         extra = _optional_meta(meta)
+        received_at = self.clock()
+        # WildCAM sends millis() since boot: a date only when it agrees with our own clock.
+        kind = classify_unit_time(timestamp, received_at, self.unit_clock_skew_s)
+        uptime_ms = extra.get("unit_uptime_ms")
+        file_path = extra.get("unit_file_path")
+        captured_at, source = capture_time(
+            timestamp,
+            kind,
+            received_at,
+            uptime_ms=uptime_ms if isinstance(uptime_ms, int) else None,
+            file_name=file_path if isinstance(file_path, str) else None,
+            skew_s=self.unit_clock_skew_s,
+        )
+        extra["time_source"] = source
         capture = Capture(
             unit_id=device_id,
             unit_ref=f"t{timestamp}",
             path="http",
             jpeg=jpeg,
-            received_at=self.clock(),
+            received_at=received_at,
             unit_time=timestamp,
-            unit_time_kind=classify_unit_time(timestamp),
+            unit_time_kind=kind,
             trigger="unit",
             meta=extra,
+            estimated_at=None if source == "unit_clock" else captured_at,
         )
-        try:
-            result = await run_in_threadpool(self.store.add_capture, capture)
-        except StorageFull as exc:
-            raise IntakeError(507, "storage_full", str(exc)) from None
+        result = await run_in_threadpool(self.store.add_capture, capture)
         if result.duplicate:
             self.metrics.captures.labels("http", "duplicate").inc()
         else:
@@ -268,9 +301,36 @@ def _parse_json_object(raw: bytes, what: str) -> dict[str, Any]:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise IntakeError(400, "bad_json", f"{what} is not JSON: {exc}") from None
+    except RecursionError:  # [[[[...]]]] a few KiB deep exhausts the parser's stack
+        raise IntakeError(400, "bad_json", f"{what} nests too deeply") from None
     if not isinstance(data, dict):
         raise IntakeError(400, "bad_json", f"{what} must be a JSON object")
     return data
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Is SQLite's "database or disk is full" anywhere in this error's chain? (A failed ROLLBACK
+    after it can be the error raised, with the disk-full error as its context.)"""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, StorageFull) or (
+            isinstance(seen, sqlite3.Error)
+            and getattr(seen, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _storage_refusal(exc: BaseException) -> IntakeError:
+    """The buffer could not take it: 507 for a full disk, 503 for anything else; the unit keeps
+    its copy and retries, and the daemon carries on."""
+    if disk_full(exc):
+        return IntakeError(507, "storage_full", f"the station's disk is full: {exc}")
+    log.error("http: buffer error: %s", exc)
+    return IntakeError(503, "storage_error", f"the station's buffer failed: {exc}")
 
 
 def _device_id(value: object) -> str:
@@ -300,4 +360,9 @@ def _optional_meta(meta: dict[str, Any]) -> dict[str, object]:
         if not isinstance(file_path, str) or len(file_path) > 255:
             raise IntakeError(400, "bad_field", "file_path must be a string of ≤255 chars")
         out["unit_file_path"] = file_path
+    uptime = meta.get("uptime_ms")
+    if uptime is not None:
+        if isinstance(uptime, bool) or not isinstance(uptime, int) or not 0 <= uptime < 2**63:
+            raise IntakeError(400, "bad_field", "uptime_ms must be a non-negative integer")
+        out["unit_uptime_ms"] = uptime
     return out

@@ -8,16 +8,19 @@ import ssl
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from functools import partial
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import tenacity
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from agent import protocol as p
-from agent.config import IngestSection, MqttSection
+from agent.config import IngestSection, MqttSection, read_secret
+from agent.health import Alarm
 from agent.ingest.assembler import Assembler
 from agent.metrics import Metrics
 from agent.store import Store
@@ -56,6 +59,7 @@ class MqttIngest:
         # protocol ACK, which the pool sends after the durable commit
         self._committer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mqtt-commit")
         self.connected = threading.Event()
+        self.problem: str | None = None  # why we are not connected, while we are not
 
     # --- paho wiring ----------------------------------------------------------------------------
 
@@ -70,7 +74,9 @@ class MqttIngest:
             clean_session=None if v5 else False,
         )
         if s.username:
-            password = Path(s.password_file).read_text().strip() if s.password_file else None
+            password = None
+            if s.password_file:
+                password = read_secret(s.password_file, "mqtt.password_file")
             client.username_pw_set(s.username, password)
         if s.tls_ca_file:
             client.tls_set(ca_certs=s.tls_ca_file, tls_version=ssl.PROTOCOL_TLS_CLIENT)
@@ -87,11 +93,20 @@ class MqttIngest:
         props.SessionExpiryInterval = self.settings.session_expiry_s
         return props
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,  # paho's userdata slot, unused here
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         if reason_code.is_failure:
             log.warning("mqtt: broker refused the connection: %s", reason_code)
+            self.problem = f"broker {self._broker} refused the station: {reason_code}"
             return
-        _no_delay(client)
+        self.problem = None
+        no_delay(client)
         topics = [(self.prefix + f"+/{kind}", 1) for kind in p.MQTT_UP_TOPICS]
         client.subscribe(topics)
         self.metrics.link_up.labels("mqtt").set(1)
@@ -103,17 +118,26 @@ class MqttIngest:
             flags.session_present,
         )
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         self.connected.clear()
         self.metrics.link_up.labels("mqtt").set(0)
         if reason_code != 0:
             log.warning("mqtt: disconnected (%s)", reason_code)
+            if self.problem is None:
+                self.problem = f"disconnected from {self._broker} ({reason_code}); reconnecting"
 
-    def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:  # noqa: ANN001
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         # returning from here is what lets paho send PUBACK, so a capture frame is acknowledged
         # to the broker only after it was handled (and, for the last chunk, committed)
         try:
-            self.handle(message.topic, message.payload)
+            self.handle(message.topic, bytes(message.payload))
         except Exception:
             log.exception("mqtt: message on %s could not be handled", message.topic)
             self.metrics.rejected.labels("mqtt", "internal_error").inc()
@@ -150,14 +174,15 @@ class MqttIngest:
     def _assembler(self, unit: str) -> Assembler:
         asm = self._assemblers.get(unit)
         if asm is None:
+            on_unit = self.on_unit
             asm = Assembler(
                 self.store,
                 self.metrics,
                 self.limits,
                 "mqtt",
-                lambda msg, unit=unit: self.send(unit, msg),
+                partial(self.send, unit),
                 link=f"mqtt:{unit}",
-                on_unit=(lambda u: self.on_unit(u, self)) if self.on_unit else None,
+                on_unit=(lambda u: on_unit(u, self)) if on_unit else None,
                 on_stored=self.on_stored,
                 committer=self._committer,
             )
@@ -170,7 +195,12 @@ class MqttIngest:
         if client is None:
             raise ConnectionError("mqtt is not connected")
         kind = "ack" if msg.TYPE in (p.FrameType.ACK, p.FrameType.NAK) else "cmd"
-        client.publish(f"{self.prefix}{unit}/{kind}", p.encode_frame(msg, seq), qos=1)
+        # CONFIG is retained, so a unit that subscribes later (waking from deep sleep) still gets
+        # the latest one; one-off commands and replies are not
+        retain = msg.TYPE == p.FrameType.CONFIG
+        client.publish(
+            f"{self.prefix}{unit}/{kind}", p.encode_frame(msg, seq), qos=1, retain=retain
+        )
 
     # --- worker ---------------------------------------------------------------------------------
 
@@ -180,11 +210,15 @@ class MqttIngest:
         s = self.settings
         # after the first connection paho's own network thread reconnects, with this backoff
         client.reconnect_delay_set(min_delay=1, max_delay=int(s.reconnect_max_s))
+
+        def pause(seconds: float) -> None:
+            stop.wait(seconds)  # a stop request ends the backoff at once
+
         retry = tenacity.Retrying(
             wait=tenacity.wait_exponential_jitter(initial=1, max=s.reconnect_max_s),
             retry=tenacity.retry_if_exception_type(OSError),
             stop=lambda _state: stop.is_set(),
-            sleep=stop.wait,
+            sleep=pause,
             before_sleep=self._log_retry,
             reraise=True,
         )
@@ -204,10 +238,17 @@ class MqttIngest:
             if stop.is_set():
                 return
             raise
-        client.loop_start()
+        # paho's loop_start() in a thread we hold, so its health is ours to see
+        network = threading.Thread(
+            target=client.loop_forever,
+            kwargs={"retry_first_connection": True},
+            name="mqtt-network",
+            daemon=True,
+        )
+        network.start()
         try:
             while not stop.wait(1.0):
-                if client._thread is None or not client._thread.is_alive():  # noqa: SLF001
+                if not network.is_alive():
                     raise RuntimeError("paho network thread died")
                 with self._lock:
                     for asm in self._assemblers.values():
@@ -222,13 +263,32 @@ class MqttIngest:
             self._committer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mqtt-commit")
             for asm in self._assemblers.values():
                 asm.committer = self._committer
-            client.loop_stop()
+            for _ in range(10):  # disconnect() ends loop_forever; a racing reconnect undoes it
+                network.join(timeout=1)
+                if not network.is_alive():
+                    break
+                try:
+                    client.disconnect()
+                except Exception:
+                    pass
             self._client = None
             self.connected.clear()
             self.metrics.link_up.labels("mqtt").set(0)
 
+    @property
+    def _broker(self) -> str:
+        return f"{self.settings.host}:{self.settings.port}"
+
+    def alarms(self) -> list[Alarm]:
+        """The broker link as an alarm while it is down, in words."""
+        problem = self.problem
+        if problem is None or self.connected.is_set():
+            return []
+        return [Alarm("mqtt", self._broker, problem)]
+
     def _log_retry(self, state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
+        self.problem = f"cannot reach broker {self._broker} ({exc}); retrying with backoff"
         if state.attempt_number == 1:
             log.warning(
                 "mqtt: cannot reach broker %s:%d (%s); retrying with backoff",
@@ -238,8 +298,8 @@ class MqttIngest:
             )
 
 
-def _no_delay(client: mqtt.Client) -> None:
+def no_delay(client: mqtt.Client) -> None:
     """Send small frames (ACKs, the last chunk) at once instead of waiting on Nagle's ~40 ms."""
     sock = client.socket()
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

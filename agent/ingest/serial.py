@@ -12,6 +12,7 @@ import serial
 
 from agent import protocol as p
 from agent.config import IngestSection
+from agent.health import Alarm
 from agent.ingest.assembler import Assembler
 from agent.metrics import Metrics
 from agent.store import Store
@@ -41,6 +42,7 @@ class SerialLink:
         self.metrics = metrics
         self.limits = limits
         self._serial: serial.Serial | None = None
+        self.problem: str | None = None  # why the port is not open, while it is not
         self._write_lock = threading.Lock()
         self._seq = 0
         self.assembler = Assembler(
@@ -58,6 +60,11 @@ class SerialLink:
     def is_open(self) -> bool:
         return self._serial is not None
 
+    def alarms(self) -> list[Alarm]:
+        """The port as an alarm while it cannot be opened or was lost."""
+        problem = self.problem
+        return [Alarm("serial", self.port, problem)] if problem and not self.is_open else []
+
     def send(self, msg: p.Message) -> None:
         with self._write_lock:
             ser = self._serial
@@ -73,6 +80,7 @@ class SerialLink:
             try:
                 ser = serial.Serial(self.port, self.baudrate, timeout=0.5, write_timeout=5)
             except (serial.SerialException, OSError) as exc:
+                self.problem = f"cannot open ({exc}); retrying every {self.reopen_s:g} s"
                 if not down_logged:
                     log.warning(
                         "%s: cannot open (%s); retrying every %.0f s", self.port, exc, self.reopen_s
@@ -82,6 +90,7 @@ class SerialLink:
                 stop.wait(self.reopen_s)
                 continue
             log.info("%s: open", self.port)
+            self.problem = None
             down_logged = False
             self.metrics.link_up.labels(self.name).set(1)
             with self._write_lock:
@@ -90,6 +99,7 @@ class SerialLink:
                 self._read(ser, stop)
             except (serial.SerialException, OSError) as exc:
                 log.warning("%s: lost (%s); will reopen", self.port, exc)
+                self.problem = f"lost ({exc}); reopening"
             finally:
                 with self._write_lock:
                     self._serial = None

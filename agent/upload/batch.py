@@ -12,6 +12,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agent.store import Store
+from agent.upload.manifest import MANIFEST_PART, BatchManifest, ManifestItem, Variant
+
 log = logging.getLogger(__name__)
 
 
@@ -20,10 +23,10 @@ class Item:
     """One capture in one batch."""
 
     capture_id: str
-    variant: str  # full | blurred | thumbnail | none, as the cloud names it
-    final_variant: str  # once the cloud holds this (or better) the capture is uploaded
+    variant: Variant
+    final_variant: Variant  # once the cloud holds this (or better) the capture is uploaded
     image: bytes | None
-    manifest: dict
+    manifest: ManifestItem
 
     @property
     def nbytes(self) -> int:
@@ -39,7 +42,7 @@ class ImageReader:
 
     chunk = 8
 
-    def __init__(self, store: Any, ids: Sequence[str]) -> None:
+    def __init__(self, store: Store, ids: Sequence[str]) -> None:
         self.store = store
         self.ids = list(ids)
         self.pos = {cid: n for n, cid in enumerate(self.ids)}
@@ -60,18 +63,11 @@ class ImageReader:
             for v in ("original", "blurred", "thumbnail"):
                 self.cache.pop((cid, v), None)
         start, end = self.loaded, max(upto + 1, self.loaded + self.chunk)
-        wanted = self.ids[start:end]
-        marks = ",".join("?" * len(wanted))
-        with self.store.read() as conn:
-            for r in conn.execute(
-                f"SELECT capture_id, variant, jpeg FROM images WHERE capture_id IN ({marks})",
-                wanted,
-            ):
-                self.cache[(r[0], r[1])] = bytes(r[2])
+        self.cache.update(self.store.read_images(self.ids[start:end]))
         self.loaded = min(len(self.ids), end)
 
 
-def final_variant(row: sqlite3.Row, empty_policy: str) -> str:
+def final_variant(row: sqlite3.Row, empty_policy: str) -> Variant:
     """What the cloud should end up holding: privacy first, then the empty-frame policy."""
     if row["upload_variant"] == "none":
         return "none"
@@ -86,9 +82,9 @@ def make_thumbnail(jpeg: bytes, px: int) -> bytes:
     """A small JPEG: decoded with DCT scaling (draft), so a 5 MP frame costs little CPU."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(jpeg)) as img:
-        img.draft("RGB", (px, px))
-        img = img.convert("RGB")
+    with Image.open(io.BytesIO(jpeg)) as decoded:
+        decoded.draft("RGB", (px, px))
+        img = decoded.convert("RGB")
         img.thumbnail((px, px))
         out = io.BytesIO()
         img.save(out, "JPEG", quality=70, optimize=True)
@@ -97,7 +93,7 @@ def make_thumbnail(jpeg: bytes, px: int) -> bytes:
 
 def build_item(
     row: sqlite3.Row,
-    detections: list[dict],
+    detections: list[dict[str, Any]],
     read_image: Callable[[str, str], bytes | None],
     *,
     empty_policy: str,
@@ -106,7 +102,7 @@ def build_item(
 ) -> Item:
     """The next variant of this capture to send, with its bytes and manifest item."""
     final = final_variant(row, empty_policy)
-    variant = final
+    variant: Variant = final
     if thumbnails_first and final in ("full", "blurred") and row["phase"] == 0:
         variant = "thumbnail"
     image = None
@@ -131,7 +127,7 @@ def build_item(
     else:
         image_sha = hashlib.sha256(image).hexdigest() if image is not None else None
     empty = None if row["empty"] is None else bool(row["empty"])
-    manifest = {
+    manifest: ManifestItem = {
         "capture_id": row["id"],
         "unit_id": row["unit_id"],
         "path": row["path"],
@@ -167,11 +163,10 @@ def encode(station_id: str, items: Sequence[Item]) -> tuple[bytes, str]:
             images.append((name, item.image))
         else:
             item.manifest["image_part"] = None
-    manifest = json.dumps(
-        {"station_id": station_id, "items": [i.manifest for i in items]}, separators=(",", ":")
-    ).encode()
+    body: BatchManifest = {"station_id": station_id, "items": [i.manifest for i in items]}
+    manifest = json.dumps(body, separators=(",", ":")).encode()
     parts.append(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="manifest"\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{MANIFEST_PART}"\r\n'
         "Content-Type: application/json\r\n\r\n".encode()
     )
     parts.append(manifest)

@@ -8,11 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.config import load_config
-from agent.store import Store, StoreError
+from agent.config import Config, load_config
+from agent.store import BUFFER_FILE, PENDING_STATES, Store, StoreError
 from agent.upload import ledger
 from agent.upload.routing import rendezvous_rank
-from agent.upload.settings import EndpointConfig
 
 RANK_NAMES = {0: "person/animal", 1: "other detections", 2: "not analysed", 3: "empty"}
 
@@ -32,14 +31,14 @@ def add_subcommands(subparsers: Any) -> None:
         sp.set_defaults(func=func)
 
 
-def _config(args: argparse.Namespace) -> Any:
+def _config(args: argparse.Namespace) -> Config:
     config = load_config(args.config)
     if args.data_dir:
         config = config.replace("station", data_dir=str(args.data_dir))
     return config
 
 
-def upload_report(store: Store, config: Any, days: int = 7) -> dict[str, Any]:
+def upload_report(store: Store, config: Config, days: int = 7) -> dict[str, Any]:
     """The uploader's records in the buffer, readable without the daemon."""
     eps = config.upload.endpoints
     ranking = rendezvous_rank(config.station_id, [(e.name, e.weight) for e in eps])
@@ -47,19 +46,11 @@ def upload_report(store: Store, config: Any, days: int = 7) -> dict[str, Any]:
     with store.read() as conn:
         held = ledger.held_counts(conn)
         doubt = ledger.doubt_counts(conn)
-        traffic: dict[str, dict[str, int]] = {}
-        for r in conn.execute(
-            "SELECT endpoint, day, bytes FROM upload_bytes WHERE day > ? ORDER BY day", (since,)
-        ):
-            traffic.setdefault(r[0], {})[r[1]] = r[2]
-        backlog = {
-            RANK_NAMES[r[0]]: {"captures": r[1], "bytes": r[2]}
-            for r in conn.execute(
-                f"""SELECT {ledger.RANK_SQL} AS rank, count(*), coalesce(sum(size), 0)
-                    FROM captures c WHERE state IN ('received', 'analysed')
-                    GROUP BY rank ORDER BY rank"""
-            )
-        }
+        traffic = ledger.traffic_since(conn, since)
+    backlog = {
+        RANK_NAMES[rank]: {"captures": n, "bytes": b}
+        for rank, (n, b) in store.backlog_by_value(PENDING_STATES).items()
+    }
     return {
         "station_id": config.station_id,
         "primary": ranking[0] if ranking else None,
@@ -80,7 +71,7 @@ def upload_report(store: Store, config: Any, days: int = 7) -> dict[str, Any]:
 def cmd_status(args: argparse.Namespace) -> int:
     config = _config(args)
     try:
-        store = Store(config.data_dir / "buffer.db", readonly=True)
+        store = Store(config.data_dir / BUFFER_FILE, readonly=True)
     except StoreError as exc:
         raise SystemExit(f"fieldstation: {exc} (is --data-dir right?)") from None
     report = upload_report(store, config)
@@ -101,17 +92,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from agent.config import ComponentConfigError
     from agent.upload.client import EndpointError, SyncEndpoint
-    from agent.upload.worker import UploadConfigError, read_token
+    from agent.upload.worker import read_token
 
     config = _config(args)
     results = []
     for i, ep in enumerate(config.upload.endpoints):
-        ep: EndpointConfig
         row: dict[str, Any] = {"name": ep.name, "url": ep.url}
         try:
             client = SyncEndpoint(ep, read_token(ep.token, ep.token_file, f"upload.endpoints[{i}]"))
-        except UploadConfigError as exc:
+        except ComponentConfigError as exc:  # a token file gone since the config was checked
             row.update(ok=False, error=str(exc))
             results.append(row)
             continue

@@ -1,31 +1,44 @@
-"""The uploader's SQL: the value-ordered queue and the per-endpoint delivery records.
+"""The uploader's records: which cloud holds or may hold what, and the bytes sent per day.
 
-Tables (schema migration 2 in agent/store.py):
+This module owns two tables and registers their schema with the store (migration "upload" 1):
 - upload_deliveries: per (capture, endpoint) the variant the endpoint acknowledged (`held_variant`)
   and the variant sent in a batch whose outcome is unknown (`doubt_variant`);
 - upload_bytes: request bytes, requests and acknowledged items per endpoint per local day.
+Captures themselves are the store's: their SQL stays in agent/store.py.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
+from typing import Any
 
-# Higher replaces lower at the cloud; a capture is done when its final variant is held.
-VARIANT_RANK = {"none": 0, "thumbnail": 1, "blurred": 2, "full": 3}
+from agent.store import Store, captures_by_value_sql
 
-# Value order: 0 person/animal detections, 1 other detections, 2 not analysed (unknown value:
-# usually empty PIR triggers, but it may hold anything, so above frames known to be empty),
-# 3 frames the models found empty.
-RANK_SQL = """
-    CASE
-        WHEN c.state = 'received' THEN 2
-        WHEN EXISTS (SELECT 1 FROM detections d WHERE d.capture_id = c.id
-                     AND d.grp IN ('person', 'animal')) THEN 0
-        WHEN EXISTS (SELECT 1 FROM detections d WHERE d.capture_id = c.id) THEN 1
-        WHEN c.empty = 1 THEN 3
-        ELSE 2
-    END"""
+SCHEMA_SQL = """
+    CREATE TABLE upload_deliveries (
+        capture_id TEXT NOT NULL REFERENCES captures (id) ON DELETE CASCADE,
+        endpoint TEXT NOT NULL,
+        held_variant TEXT,                  -- acknowledged: full | blurred | thumbnail | none
+        doubt_variant TEXT,                 -- sent, outcome unknown: ask the endpoint (lookup)
+        doubt_batch TEXT,
+        via_lookup INTEGER NOT NULL DEFAULT 0,  -- held learnt by lookup after a batch in doubt
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (capture_id, endpoint)
+    );
+    CREATE INDEX upload_deliveries_doubt ON upload_deliveries (endpoint)
+        WHERE doubt_variant IS NOT NULL;
+
+    CREATE TABLE upload_bytes (
+        endpoint TEXT NOT NULL,
+        day TEXT NOT NULL,                  -- local calendar day, YYYY-MM-DD
+        bytes INTEGER NOT NULL DEFAULT 0,   -- request bytes sent (headers and body)
+        requests INTEGER NOT NULL DEFAULT 0,
+        items INTEGER NOT NULL DEFAULT 0,   -- items the endpoint acknowledged
+        PRIMARY KEY (endpoint, day)
+    );
+"""
+Store.register_migration("upload", 1, SCHEMA_SQL)
 
 
 def candidates(
@@ -46,14 +59,13 @@ def candidates(
     (phase 0, sent as thumbnails), then the rest (phase 1).
     """
     others = [e for e in endpoints if e != endpoint]
-    state_marks = ",".join("?" * len(states))
     other_marks = ",".join("?" * len(others)) or "NULL"
     sql = f"""
         SELECT c.id, c.unit_id, c.path, c.sha256, c.size, c.received_at, c.captured_at,
                c.unit_time, c.unit_time_kind, c.trigger, c.meta, c.state, c.empty,
                c.upload_variant, rank, held_here, phase
         FROM (
-            SELECT c.*, {RANK_SQL} AS rank,
+            SELECT c.*,
                 (SELECT held_variant FROM upload_deliveries u
                  WHERE u.capture_id = c.id AND u.endpoint = ?) AS held_here,
                 CASE WHEN ? AND c.upload_variant != 'none'
@@ -62,42 +74,35 @@ def candidates(
                                           WHERE u.capture_id = c.id
                                             AND u.held_variant IS NOT NULL)
                      THEN 0 ELSE 1 END AS phase
-            FROM captures c
-            WHERE c.state IN ({state_marks})
-              AND NOT EXISTS (SELECT 1 FROM upload_deliveries u
+            FROM ({captures_by_value_sql(len(states))}) AS c
+            WHERE NOT EXISTS (SELECT 1 FROM upload_deliveries u
                               WHERE u.capture_id = c.id AND u.endpoint IN ({other_marks})
                                 AND u.held_variant IS NOT NULL)
         ) AS c
         ORDER BY phase, rank, received_at, id
         LIMIT ?"""
+    # placeholders in text order: the select list, the captures subquery, the other endpoints
     args = [endpoint, int(thumbnails_first), int(empty_full), *states, *others, limit]
     return conn.execute(sql, args).fetchall()
 
 
-def detections_for(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {i: [] for i in ids}
-    for chunk in _chunks(list(ids), 500):
-        marks = ",".join("?" * len(chunk))
-        for r in conn.execute(
-            f"""SELECT capture_id, label, grp, score, x, y, w, h, model, model_version
-                FROM detections WHERE capture_id IN ({marks}) ORDER BY capture_id, id""",
-            chunk,
-        ):
-            box = (
-                None
+def detections_for(store: Store, ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """The stored detections of these captures as manifest entries (scores and boxes in 0..1)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for cid, rows in store.detections_of(ids).items():
+        out[cid] = [
+            {
+                "label": r["label"],
+                "group": r["grp"],
+                "score": _unit(r["score"]),
+                "box": None
                 if r["x"] is None
-                else [_unit(r["x"]), _unit(r["y"]), _unit(r["w"]), _unit(r["h"])]
-            )
-            out[r["capture_id"]].append(
-                {
-                    "label": r["label"],
-                    "group": r["grp"],
-                    "score": _unit(r["score"]),
-                    "box": box,
-                    "model": r["model"],
-                    "model_version": r["model_version"],
-                }
-            )
+                else [_unit(r["x"]), _unit(r["y"]), _unit(r["w"]), _unit(r["h"])],
+                "model": r["model"],
+                "model_version": r["model_version"],
+            }
+            for r in rows
+        ]
     return out
 
 
@@ -168,14 +173,26 @@ def record_held(
 
 
 def in_doubt(conn: sqlite3.Connection, endpoint: str, limit: int = 1000) -> list[sqlite3.Row]:
+    """(capture_id, doubt_variant) sent to `endpoint` with no answer yet, by capture id."""
     return conn.execute(
-        """SELECT u.capture_id, u.doubt_variant, c.sha256, c.state, c.empty, c.upload_variant
-           FROM upload_deliveries u
-           JOIN captures c ON c.id = u.capture_id
-           WHERE u.endpoint = ? AND u.doubt_variant IS NOT NULL
-           ORDER BY u.capture_id LIMIT ?""",
+        """SELECT capture_id, doubt_variant FROM upload_deliveries
+           WHERE endpoint = ? AND doubt_variant IS NOT NULL
+           ORDER BY capture_id LIMIT ?""",
         (endpoint, limit),
     ).fetchall()
+
+
+def undo_doubt(
+    conn: sqlite3.Connection, endpoint: str, ids: Iterable[str], batch_id: str, at: float
+) -> None:
+    """A batch certainly never arrived: clear its marks (not marks a later batch has set)."""
+    for cid in ids:
+        row = conn.execute(
+            "SELECT doubt_batch FROM upload_deliveries WHERE capture_id = ? AND endpoint = ?",
+            (cid, endpoint),
+        ).fetchone()
+        if row is not None and row["doubt_batch"] == batch_id:
+            clear_doubt(conn, endpoint, cid, at)
 
 
 def doubt_counts(conn: sqlite3.Connection) -> dict[str, int]:
@@ -224,6 +241,47 @@ def traffic_on(conn: sqlite3.Connection, day: str) -> dict[str, dict[str, int]]:
     }
 
 
-def _chunks(seq: list, n: int) -> Iterable[list]:
-    for i in range(0, len(seq), n):
-        yield seq[i : i + n]
+NO_RECORDS = {"in_doubt": 0, "held": 0, "bytes_today": 0, "requests_today": 0, "items_today": 0}
+
+
+def endpoint_day(conn: sqlite3.Connection, day: str) -> dict[str, dict[str, int]]:
+    """Per endpoint: captures in doubt and held there, and its traffic on `day`."""
+    traffic = traffic_on(conn, day)
+    doubts, held = doubt_counts(conn), held_counts(conn)
+    return {
+        name: {
+            "in_doubt": doubts.get(name, 0),
+            "held": held.get(name, 0),
+            "bytes_today": traffic.get(name, {}).get("bytes", 0),
+            "requests_today": traffic.get(name, {}).get("requests", 0),
+            "items_today": traffic.get(name, {}).get("items", 0),
+        }
+        for name in {*traffic, *doubts, *held}
+    }
+
+
+def deliveries_of(conn: sqlite3.Connection, capture_id: str) -> list[dict[str, Any]]:
+    """Where one capture went (the station page): per endpoint, held and in-doubt variants."""
+    return [
+        dict(r)
+        for r in conn.execute(
+            """SELECT endpoint, held_variant, doubt_variant, via_lookup, updated_at
+               FROM upload_deliveries WHERE capture_id = ? ORDER BY endpoint""",
+            (capture_id,),
+        )
+    ]
+
+
+def bytes_on(conn: sqlite3.Connection, day: str) -> int:
+    """Request bytes sent to all endpoints on `day` (what the daily budget counts)."""
+    return sum(t["bytes"] for t in traffic_on(conn, day).values())
+
+
+def traffic_since(conn: sqlite3.Connection, day: str) -> dict[str, dict[str, int]]:
+    """Request bytes per endpoint per day, for days after `day` (YYYY-MM-DD)."""
+    out: dict[str, dict[str, int]] = {}
+    for r in conn.execute(
+        "SELECT endpoint, day, bytes FROM upload_bytes WHERE day > ? ORDER BY day", (day,)
+    ):
+        out.setdefault(r[0], {})[r[1]] = r[2]
+    return out

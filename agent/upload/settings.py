@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from agent.config import ByteSize, opt
+from agent.config.machinery import ByteSize, SecretError, opt, read_secret
 
 _WINDOW_RE = re.compile(r"^\s*([01]\d|2[0-3]):([0-5]\d)\s*-\s*([01]\d|2[0-4]):([0-5]\d)\s*$")
 
@@ -36,11 +37,13 @@ class EndpointConfig:
         "",
         help="short name shown in status and logs, e.g. aws",
         pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$",
+        form="aws (lower-case letters, digits, - and _; at most 32)",
     )
     url: str = opt(
         "",
         help="base URL of the sync endpoint, e.g. https://sync-aws.example.org",
         pattern=r"^https?://[^\s/]+(/\S*)?$",
+        form="https://host or https://host/path",
     )
     weight: float = opt(1.0, help="share of the fleet that uses it as primary", min=0.001, max=1e6)
     token: str = opt("", help="this station's bearer token at this endpoint")
@@ -107,3 +110,25 @@ class UploadSection:
     heartbeat_interval_s: float = opt(
         300.0, help="seconds between heartbeats; 0 = none", min=0, max=86400
     )
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        """Each endpoint has a name, a url and a readable token; no name is used twice."""
+        first: dict[str, int] = {}
+        for i, ep in enumerate(self.endpoints):
+            where = f"endpoints[{i}]"
+            for key in ("name", "url"):
+                if not getattr(ep, key):
+                    yield f"{where}.{key}", "missing; every endpoint needs a name and a url"
+            if ep.name and ep.name in first:
+                yield (
+                    f"{where}.name",
+                    f"{ep.name!r} is already the name of endpoints[{first[ep.name]}]",
+                )
+            first.setdefault(ep.name, i)
+            if ep.token_file:
+                try:
+                    read_secret(ep.token_file, f"{where}.token_file")
+                except SecretError as exc:
+                    yield f"{where}.token_file", str(exc).removeprefix(f"{where}.token_file: ")
+            elif not ep.token:
+                yield where, "needs `token` or `token_file`"

@@ -19,7 +19,7 @@ from cloud.api.deps import (
     bearer_token,
     get_service,
 )
-from cloud.errors import NotFound
+from cloud.errors import NotFound, Refused
 from cloud.ingest import RequestError
 from cloud.schema import (
     CAPTURE_ID_PATTERN,
@@ -74,7 +74,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
     """The whole body, or 413 once it passes `limit` (drained so the client sees the answer)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit + _DRAIN_LIMIT:
-        raise HTTPException(413, f"body of {declared} bytes is over the limit of {limit} bytes")
+        raise Refused(
+            413, "too_large", f"body of {declared} bytes is over the limit of {limit} bytes"
+        )
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -84,7 +86,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
         elif size > limit + _DRAIN_LIMIT:
             break
     if size > limit:
-        raise HTTPException(413, f"body is over the limit of {limit} bytes")
+        raise Refused(413, "too_large", f"body is over the limit of {limit} bytes")
     return b"".join(chunks)
 
 
@@ -107,8 +109,8 @@ async def upload_batch(request: Request) -> Response:
     try:
         results = await run_in_threadpool(service.ingest.process, station_id, content_type, body)
     except RequestError as exc:
-        service.metrics.rejections.labels(f"request_{exc.status}").inc()
-        raise HTTPException(exc.status, exc.detail) from exc
+        reason = {403: "wrong_station", 413: "too_large"}.get(exc.status, "bad_manifest")
+        raise Refused(exc.status, reason, exc.detail) from exc
     return Response(
         json.dumps({"results": results}, ensure_ascii=False, separators=(",", ":")).encode(),
         media_type="application/json",

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 from starlette.concurrency import run_in_threadpool
 
 from cloud.auth import Principal, verify_token
+from cloud.errors import Refused
 from cloud.ratelimit import retry_after_header
 from cloud.service import Service
 
@@ -44,26 +45,24 @@ def bearer_token(authorization: str | None) -> str | None:
 async def authenticate(service: Service, token: str | None) -> Principal:
     """The token's principal, or 401."""
     if token is None:
-        service.metrics.rejections.labels("no_token").inc()
-        raise HTTPException(401, "missing bearer token", headers=UNAUTHORIZED)
+        raise Refused(401, "no_token", "missing bearer token", headers=UNAUTHORIZED)
     found = await run_in_threadpool(
         verify_token, service.db, token, service.config.auth.admin_token
     )
     if found is None:
-        service.metrics.rejections.labels("bad_token").inc()
-        raise HTTPException(401, "unknown or revoked token", headers=UNAUTHORIZED)
+        raise Refused(401, "bad_token", "unknown or revoked token", headers=UNAUTHORIZED)
     return found
 
 
 def admit_station(service: Service, who: Principal) -> str:
     """The calling station's id (rate limited per station), or 403 for an operator token."""
     if who.role != "station" or who.station_id is None:
-        raise HTTPException(403, "this route is for station tokens")
+        raise Refused(403, "not_station_token", "this route is for station tokens")
     wait = service.limiter.take(who.station_id)
     if wait > 0:
-        service.metrics.rejections.labels("rate_limited").inc()
-        raise HTTPException(
+        raise Refused(
             429,
+            "rate_limited",
             f"station {who.station_id!r} is over its rate limit",
             headers={"Retry-After": retry_after_header(wait)},
         )
@@ -91,7 +90,7 @@ async def station_or_admin(who: PrincipalDep) -> Principal:
 async def admin(who: PrincipalDep) -> Principal:
     """Operator routes: 403 for station tokens."""
     if who.role != "admin":
-        raise HTTPException(403, "this route needs the operator (admin) token")
+        raise Refused(403, "not_admin_token", "this route needs the operator (admin) token")
     return who
 
 
@@ -103,4 +102,4 @@ Admin = Annotated[Principal, Depends(admin)]
 def forbid_other_station(station_id: str, claimed: str | None) -> None:
     """A token acts only for its own station: refuse a body naming another one."""
     if claimed is not None and claimed != station_id:
-        raise HTTPException(403, f"station_id {claimed!r} is not this token's station")
+        raise Refused(403, "wrong_station", f"station_id {claimed!r} is not this token's station")

@@ -1,4 +1,4 @@
-"""Model routes: the manifest (ETag / If-None-Match) and artifacts (HTTP Range)."""
+"""Model routes: the manifest (ETag / If-None-Match), artifacts (HTTP Range), rollouts."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import re
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from cloud import rollout
 from cloud.api.captures import ERRORS
-from cloud.api.deps import AnyToken, ServiceDep
+from cloud.api.deps import Admin, AnyToken, ServiceDep, StationId
 from cloud.errors import NotFound
 from cloud.schema import ErrorBody, ModelManifest
 
@@ -57,11 +59,16 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
 )
 async def manifest(
     request: Request,
-    _: AnyToken,
+    who: AnyToken,
     service: ServiceDep,
 ) -> Response:
     models = await run_in_threadpool(service.db.list_models)
+    targets: list[dict[str, Any]] = []
+    if who.role == "station" and who.station_id is not None:
+        # what this station should run, computed from the rollouts' state for it
+        targets = await run_in_threadpool(rollout.station_manifest, service.db, who.station_id)
     body: dict[str, Any] = {
+        "targets": targets,
         "models": [
             {
                 "name": m["name"],
@@ -72,7 +79,7 @@ async def manifest(
                 "published_at": m["published_at"],
             }
             for m in models
-        ]
+        ],
     }
     payload = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
     etag = f'"{hashlib.sha256(payload).hexdigest()[:32]}"'
@@ -133,3 +140,88 @@ async def artifact(
         media_type="application/octet-stream",
         headers={**headers, "Content-Range": f"bytes {start}-{end}/{size}"},
     )
+
+
+# --- rollouts ------------------------------------------------------------------------------------
+
+
+class WaveBody(BaseModel):
+    stations: list[str] = Field(default_factory=list)
+    cohort: str | None = None
+    percent: float | None = Field(default=None, ge=0, le=100)
+
+
+class RolloutBody(BaseModel):
+    name: str
+    version: str
+    waves: list[WaveBody] = Field(min_length=1, max_length=20)
+    success_threshold: float = Field(default=1.0, gt=0, le=1)
+    error_threshold: float = Field(default=0.5, gt=0, le=1)
+    timeout_s: float = Field(default=3600.0, gt=0)
+    min_agreement: float | None = Field(default=None, ge=0, le=1)
+
+
+class ModelReport(BaseModel):
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+def spec_of(body: RolloutBody) -> rollout.RolloutSpec:
+    return rollout.RolloutSpec(
+        waves=tuple(rollout.Wave(tuple(w.stations), w.cohort, w.percent) for w in body.waves),
+        success_threshold=body.success_threshold,
+        error_threshold=body.error_threshold,
+        timeout_s=body.timeout_s,
+        min_agreement=body.min_agreement,
+    )
+
+
+@router.post(
+    "/models/report",
+    responses=ERRORS,
+    summary="Stations: what model sync is doing (also accepted inside the heartbeat)",
+)
+async def report(body: ModelReport, station_id: StationId, service: ServiceDep) -> dict[str, Any]:
+    await run_in_threadpool(rollout.apply_report, service.db, station_id, body.model_dump())
+    return {"ok": True}
+
+
+@router.post("/rollouts", responses=ERRORS, summary="Operators: start a rollout (supersedes)")
+async def create_rollout(body: RolloutBody, _: Admin, service: ServiceDep) -> dict[str, Any]:
+    try:
+        await run_in_threadpool(rollout.create, service.db, body.name, body.version, spec_of(body))
+    except rollout.RolloutError as exc:
+        raise HTTPException(409, str(exc)) from None
+    return await run_in_threadpool(rollout.status, service.db, body.name)
+
+
+@router.get("/rollouts/{name}", responses=ERRORS, summary="Operators: a model's rollout status")
+async def rollout_status(name: str, _: Admin, service: ServiceDep) -> dict[str, Any]:
+    try:
+        return await run_in_threadpool(rollout.status, service.db, name)
+    except rollout.RolloutError as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
+ACTIONS = {
+    "promote": rollout.promote,
+    "pause": rollout.pause,
+    "resume": rollout.resume,
+    "cancel": rollout.cancel,
+    "rollback": rollout.rollback,
+}
+
+
+@router.post(
+    "/rollouts/{name}/{action}",
+    responses=ERRORS,
+    summary="Operators: promote, pause, resume, cancel or rollback a model's rollout",
+)
+async def rollout_action(name: str, action: str, _: Admin, service: ServiceDep) -> dict[str, Any]:
+    do = ACTIONS.get(action)
+    if do is None:
+        raise HTTPException(404, f"unknown action {action!r}: {', '.join(ACTIONS)}")
+    try:
+        await run_in_threadpool(do, service.db, name)
+    except rollout.RolloutError as exc:
+        raise HTTPException(409, str(exc)) from None
+    return await run_in_threadpool(rollout.status, service.db, name)

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
+from cloud import rollout
 from cloud.api.captures import ERRORS
 from cloud.api.deps import Admin, ServiceDep, StationId, forbid_other_station
 from cloud.schema import Heartbeat, HeartbeatResponse, StationList
@@ -29,6 +30,9 @@ async def heartbeat(
     forbid_other_station(station_id, body.station_id)
     now = time.time()
     await run_in_threadpool(service.db.record_heartbeat, station_id, body.model_dump(), now)
+    report = (body.model_extra or {}).get("modelsync")
+    if isinstance(report, dict):  # model sync's report rides along
+        await run_in_threadpool(rollout.apply_report, service.db, station_id, report, now)
     service.metrics.heartbeats.inc()
     return {"ok": True, "server_time": now}
 

@@ -584,4 +584,18 @@ def portable_schema(real: str, blob: str) -> list[str]:
         "CREATE TABLE IF NOT EXISTS models ("
         f" name TEXT NOT NULL, version TEXT NOT NULL, sha256 TEXT NOT NULL, size {blob} NOT NULL,"
         f" object_key TEXT NOT NULL, published_at {real} NOT NULL, PRIMARY KEY (name, version))",
+        # rollouts (owner: cloud/rollout.py): signed releases, rollouts, their targets, labels
+        "CREATE TABLE IF NOT EXISTS model_releases ("
+        " name TEXT NOT NULL, version TEXT NOT NULL, card TEXT NOT NULL, key_id TEXT NOT NULL,"
+        " signature TEXT NOT NULL, PRIMARY KEY (name, version))",
+        "CREATE TABLE IF NOT EXISTS rollouts ("
+        " rollout_id TEXT PRIMARY KEY, name TEXT NOT NULL, version TEXT NOT NULL,"
+        f" created_at {real} NOT NULL, updated_at {real} NOT NULL, state TEXT NOT NULL,"
+        " wave INTEGER NOT NULL, spec TEXT NOT NULL, reason TEXT)",
+        "CREATE TABLE IF NOT EXISTS rollout_targets ("
+        " rollout_id TEXT NOT NULL, station_id TEXT NOT NULL, wave INTEGER NOT NULL,"
+        f" state TEXT NOT NULL, reason TEXT, previous_version TEXT, updated_at {real} NOT NULL,"
+        f" reported_at {real}, PRIMARY KEY (rollout_id, station_id))",
+        "CREATE TABLE IF NOT EXISTS station_labels ("
+        " station_id TEXT NOT NULL, label TEXT NOT NULL, PRIMARY KEY (station_id, label))",
     ]

@@ -14,6 +14,10 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     ) from exc
 
 
+# The advisory lock key every replica of this service takes while it creates the schema.
+SCHEMA_LOCK = 0x57494C4443414D  # "WILDCAM"
+
+
 class PostgresDatabase(Database):
     placeholder = "%s"
     unavailable_errors = (psycopg.OperationalError, psycopg.InterfaceError)
@@ -26,7 +30,10 @@ class PostgresDatabase(Database):
         return psycopg.connect(self.url, connect_timeout=5)
 
     def schema(self) -> list[str]:
-        return portable_schema(real="DOUBLE PRECISION", blob="BIGINT")
+        # Replicas starting together take turns: without the lock their CREATE TABLE IF NOT EXISTS
+        # race and all but one fail on pg_type's unique index. Released when the schema commits.
+        lock = f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})"
+        return [lock, *portable_schema(real="DOUBLE PRECISION", blob="BIGINT")]
 
     def describe(self) -> str:
         # Never print the password part of the URL.

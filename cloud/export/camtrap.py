@@ -29,6 +29,7 @@ TABLES = ("deployments", "media", "observations")
 # Station detection groups -> Camtrap DP observationType vocabulary.
 OBSERVATION_TYPE = {"animal": "animal", "person": "human", "vehicle": "vehicle", "other": "unknown"}
 TIMELAPSE_TRIGGERS = {"timer", "timelapse", "time_lapse", "schedule", "scheduled"}
+TIME_SOURCES = ("unit_clock", "unit_uptime", "file_name", "received")
 # A Latin binomial (or genus) label can go to scientificName; common names cannot.
 _SCIENTIFIC = re.compile(r"^[A-Z][a-z]+( [a-z]+){0,2}$")
 
@@ -49,6 +50,17 @@ def iso(ts: float) -> str:
 def safe_file_part(text: str) -> str:
     # filePath may not contain '..' nor start with '.', '/' or '~'.
     return re.sub(r"\.{2,}", "_", text).lstrip(".~/") or "_"
+
+
+def time_source(row: CaptureRow) -> str:
+    """How the station knows the capture's time: unit_clock, unit_uptime, file_name, received."""
+    named = row.meta.get("time_source")
+    if named in TIME_SOURCES:
+        return str(named)
+    if row.captured_at is None:
+        return "received"
+    # stations before the source was recorded set captured_at only from a unit clock
+    return "unit_clock" if row.unit_time_kind in ("epoch_s", "epoch_ms") else "unknown"
 
 
 def media_path(row: CaptureRow) -> str:
@@ -95,7 +107,7 @@ def export_camtrap_dp(
                     "filePublic": "false",
                     "fileName": f"{row.capture_id}.jpg",
                     "fileMediatype": "image/jpeg",
-                    "mediaComments": f"variant={row.variant}",
+                    "mediaComments": f"variant={row.variant}; timestamp from {time_source(row)}",
                 }
             )
             if options.include_images:
@@ -150,6 +162,7 @@ def _observations(
         "eventStart": iso(row.time),
         "eventEnd": iso(row.time),
         "observationLevel": "media" if media_id else "event",
+        "observationComments": f"timestamp from {time_source(row)}",
     }
     if not row.detections:
         kind = "unclassified" if row.empty is None else ("blank" if row.empty else "unknown")
@@ -269,4 +282,4 @@ def vendored_schema(table: str) -> Path:
     return SCHEMA_DIR / f"{table}-table-schema.json"
 
 
-__all__ = ["CamtrapOptions", "export_camtrap_dp", "vendored_schema"]
+__all__ = ["CamtrapOptions", "export_camtrap_dp", "time_source", "vendored_schema"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 from collections.abc import Sequence
@@ -10,6 +11,9 @@ from pathlib import Path
 
 from cloud.errors import BackendUnavailable, NotFound
 from cloud.storage.base import Mapper, ObjectStore, Upload, check_key
+
+# A full disk or quota is the store being unavailable for now (503 + Retry-After), not a bug.
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 # POSIX_FADV_DONTNEED starts writeback of dirty pages on Linux; absent on some platforms.
 _START_WRITEBACK = getattr(os, "POSIX_FADV_DONTNEED", None)
@@ -48,8 +52,17 @@ class LocalStore(ObjectStore):
         each changed folder once: a batch becomes durable in one step, not one per image.
 
         A crash never leaves a half image under a key (only a temp file). `run` is not used: the
-        work is system calls on one disk, not waiting on a network.
+        work is system calls on one disk, not waiting on a network. A full disk raises
+        BackendUnavailable, with every temp file of the batch removed.
         """
+        try:
+            self._put_many(objects)
+        except OSError as exc:
+            if exc.errno in _FULL:
+                raise BackendUnavailable(f"local store {self.root}: {exc.strerror}") from exc
+            raise
+
+    def _put_many(self, objects: Sequence[Upload]) -> None:
         written: list[tuple[int, str, str]] = []  # (fd, temp path, final path)
         folders: set[str] = set()
         try:

@@ -8,7 +8,7 @@ import requests
 
 from agent import protocol as p
 from agent.esp32.virtual import MqttUnitLink, PtySerialLink
-from tests.backbone.helpers import wait_for
+from tests.helpers import wait_for
 
 
 def command(station, unit: str, body: dict) -> requests.Response:

@@ -17,12 +17,13 @@ from pathlib import Path
 import requests
 
 from agent.broker import free_port
-from agent.esp32.virtual import PtySerialLink, VirtualUnit
+from agent.esp32.units import virtual_unit
+from agent.esp32.virtual import PtySerialLink
 from agent.metrics import Metrics
 from agent.scenes import scene_jpeg
 from agent.store import Store
 from agent.supervisor import Supervisor
-from tests.backbone.helpers import wait_for
+from tests.helpers import wait_for
 
 
 class Flaky:
@@ -133,7 +134,7 @@ def test_sigkill_mid_stream_loses_no_acknowledged_capture(tmp_path):
     port_path = os.ttyname(slave)
     extra = f'[serial]\nports = ["{port_path}"]\nreopen_s = 0.2\n'
     proc, url, cfg = _start_daemon(tmp_path, extra)
-    unit = VirtualUnit(
+    unit = virtual_unit(
         "cam-kill", PtySerialLink(master), chunk_size=2048, ack_timeout_s=2, max_attempts=1
     )
     acked: dict[str, str] = {}

@@ -9,10 +9,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent import protocol as p
 from agent.config import parse_config
 from agent.daemon import Station
-from agent.esp32.virtual import MqttUnitLink, VirtualUnit
+from agent.esp32.units import virtual_unit
+from agent.esp32.virtual import MqttUnitLink
 from agent.scenes import scene_jpeg
-from tests.backbone.helpers import metric, wait_for
 from tests.conftest import station_config
+from tests.helpers import metric, wait_for
 
 
 def mqtt_toml(broker, protocol="5", client_id="") -> str:
@@ -26,7 +27,7 @@ def mqtt_toml(broker, protocol="5", client_id="") -> str:
 def test_capture_over_mqtt_is_acked_after_commit(make_station, mosquitto, version):
     station = make_station(mqtt_toml(mosquitto, version, f"st-{version}"))
     wait_for(station.mqtt.connected.is_set, what="broker connection")
-    unit = VirtualUnit(
+    unit = virtual_unit(
         f"cam-m{version[0]}",
         MqttUnitLink(mosquitto.host, mosquitto.port, "test-station", f"cam-m{version[0]}"),
         chunk_size=8192,
@@ -70,7 +71,9 @@ def test_bad_frames_and_wrong_topics_are_counted_not_fatal(make_station, mosquit
         what="rejections counted",
     )
     # the station still works afterwards
-    unit = VirtualUnit("cam1", MqttUnitLink(mosquitto.host, mosquitto.port, "test-station", "cam1"))
+    unit = virtual_unit(
+        "cam1", MqttUnitLink(mosquitto.host, mosquitto.port, "test-station", "cam1")
+    )
     assert unit.send_capture(scene_jpeg(1)).acked
     raw.loop_stop()
     unit.close()
@@ -120,7 +123,7 @@ def test_station_reconnects_after_the_broker_restarts(tmp_path):
         broker2 = PrivateBroker(port=port).start()
         try:
             wait_for(station.mqtt.connected.is_set, timeout=20, what="reconnection")
-            unit = VirtualUnit("cam-rc", MqttUnitLink("127.0.0.1", port, "test-station", "cam-rc"))
+            unit = virtual_unit("cam-rc", MqttUnitLink("127.0.0.1", port, "test-station", "cam-rc"))
             assert unit.send_capture(scene_jpeg(9)).acked
             unit.close()
         finally:

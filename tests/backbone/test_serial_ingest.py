@@ -10,7 +10,7 @@ import pytest
 from agent import protocol as p
 from agent.esp32.virtual import PtySerialLink, VirtualUnit
 from agent.scenes import scene_jpeg
-from tests.backbone.helpers import metric, wait_for
+from tests.helpers import metric, wait_for
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The code stays as STYLE.md asks: ruff-formatted and ruff-clean (config in pyproject.toml)."""
+"""The code stays as STYLE.md asks: ruff-formatted, ruff-clean and mypy-clean (pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -22,4 +22,12 @@ def test_ruff_check_is_clean():
 
 def test_ruff_format_is_applied():
     r = _ruff("format", "--check", ".")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_mypy_is_clean_on_agent_and_cloud():
+    # files, strictness and the untyped third-party modules are set in pyproject.toml [tool.mypy]
+    r = subprocess.run(
+        [sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stdout + r.stderr

@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import time
 from typing import Any
 
 import requests
-from PIL import Image
-
-
-def jpeg(seed: int = 0, size: tuple[int, int] = (64, 48)) -> bytes:
-    """A real, small JPEG whose bytes depend on `seed`."""
-    image = Image.new("RGB", size, ((seed * 37) % 256, (seed * 91) % 256, (seed * 13) % 256))
-    for x in range(0, size[0], 8):
-        image.putpixel((x, (seed + x) % size[1]), (255, 255, 255))
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=85)
-    return out.getvalue()
 
 
 def sha(data: bytes) -> str:

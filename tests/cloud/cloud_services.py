@@ -26,7 +26,7 @@ import uvicorn
 from cloud.app import create_app
 from cloud.config import CloudConfig
 from cloud.service import Service
-from cloud.testing import free_port
+from tests.helpers import free_port
 
 AZURITE_DIR = Path(
     os.environ.get(

@@ -6,7 +6,9 @@ import json
 
 import pytest
 import requests
-from cloud_helpers import auth, batch_files, item, jpeg, statuses, upload
+from cloud_helpers import auth, batch_files, item, statuses, upload
+
+from tests.helpers import jpeg
 
 
 @pytest.fixture
@@ -281,7 +283,7 @@ def test_rate_limit_answers_429_with_retry_after(make_live, station_token):
 
 
 def test_unreachable_object_store_answers_503_with_retry_after(make_live, station_token):
-    from cloud.testing import free_port
+    from tests.helpers import free_port
 
     server = make_live()
     # Swap in an S3 store whose endpoint has nothing listening.
@@ -309,5 +311,5 @@ def test_rejections_are_counted_in_metrics(server, station_token):
     token = station_token(server, "st-1")
     upload(server.url, token, "st-1", [item("../x", jpeg(1))])
     text = requests.get(f"{server.url}/metrics", timeout=30).text
-    assert 'fieldstation_cloud_rejections_total{kind="schema"} 1.0' in text
+    assert 'fieldstation_cloud_rejections_total{reason="schema"} 1.0' in text
     assert 'fieldstation_cloud_captures_total{status="rejected"} 1.0' in text

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from cloud.config import ConfigError, load_config, parse_listen
+from cloud.config import ConfigError, StorageConfig, load_config, parse_listen
 
 
 def test_defaults_need_no_file(tmp_path):
@@ -48,3 +50,31 @@ def test_listen_parsing(text, expected):
 def test_bad_listen_is_refused():
     with pytest.raises(ConfigError, match="listen"):
         load_config(env={}, listen="localhost")
+
+
+def test_the_cloud_uses_the_station_loader(tmp_path):
+    import agent.config
+
+    assert issubclass(ConfigError, agent.config.ConfigError)
+    path = tmp_path / "c.toml"
+    path.write_text('[server]\nlisten = "127.0.0.1:1"\n[storage]\nbackend = "s4"\nbuckt = "x"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={"FIELDSTATION_CLOUD_LIMITS_MAX_ITEMS": "0"})
+    assert str(err.value).splitlines() == [
+        f"{path}:4: [storage] backend: 's4' is not one of local, s3, azure, gcs",
+        f"{path}:5: unknown key [storage] buckt; did you mean `bucket`? [storage] takes: "
+        + ", ".join(f.name for f in dataclasses.fields(StorageConfig)),
+        "environment FIELDSTATION_CLOUD_LIMITS_MAX_ITEMS: [limits] max_items: 0 is below the "
+        "minimum 1",
+    ]
+
+
+def test_rules_across_keys_run_in_the_same_pass(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[storage]\nbackend = "azure"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    assert str(err.value).splitlines() == [
+        f"{path}:1: [storage] container: required for backend 'azure'",
+        f"{path}:1: [storage] connection_string: required for backend 'azure' (or account_url)",
+    ]

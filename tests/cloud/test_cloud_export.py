@@ -9,10 +9,11 @@ import shutil
 
 import jsonschema
 import pytest
-from cloud_helpers import item, jpeg, statuses, upload
+from cloud_helpers import item, statuses, upload
 
 from cloud.export.camtrap import SCHEMA_DIR
-from cloud.testing import run_cli
+from cloud.process import run_cli
+from tests.helpers import jpeg
 
 BOXLESS = {
     "label": "Vulpes vulpes",

@@ -5,7 +5,9 @@ from __future__ import annotations
 import threading
 
 import requests
-from cloud_helpers import auth, item, jpeg, sha, statuses, upload
+from cloud_helpers import auth, item, sha, statuses, upload
+
+from tests.helpers import jpeg
 
 
 def test_batch_of_full_thumbnail_and_metadata_only_is_stored(live, station_token):

@@ -9,9 +9,10 @@ import random
 import pytest
 
 from agent import protocol as p
+from agent.esp32.units import virtual_unit
 from agent.esp32.virtual import PtySerialLink, VirtualUnit
 from agent.scenes import scene_jpeg
-from tests.backbone.helpers import wait_for
+from tests.helpers import wait_for
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def line(make_station):
     units: list[VirtualUnit] = []
 
     def unit(**kw) -> VirtualUnit:  # noqa: ANN003
-        u = VirtualUnit("cam-bad", link, chunk_size=2048, ack_timeout_s=3, **kw)
+        u = virtual_unit("cam-bad", link, chunk_size=2048, ack_timeout_s=3, **kw)
         units.append(u)
         return u
 

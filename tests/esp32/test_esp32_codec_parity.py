@@ -30,9 +30,7 @@ config_fields = st.fixed_dictionaries(
     }
 )
 messages = st.one_of(
-    st.builds(
-        p.Hello, unit_ids, text, text, st.binary(min_size=6, max_size=6).map(p._mac_text), u8
-    ),
+    st.builds(p.Hello, unit_ids, text, text, st.binary(min_size=6, max_size=6).map(p.mac_text), u8),
     st.builds(
         p.Telemetry, unit_ids, u16, st.integers(-32768, 32767), st.integers(-128, 127), u32, u16
     ),

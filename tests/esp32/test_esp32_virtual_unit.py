@@ -16,9 +16,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import protocol as p
-from agent.esp32 import core, virtual
+from agent.esp32 import core, units
 from agent.esp32.host_unit import CoreVirtualUnit, UnitRunner
-from agent.esp32.virtual import MqttUnitLink, PtySerialLink, VirtualUnit
+from agent.esp32.units import virtual_unit
+from agent.esp32.virtual import MqttUnitLink, PtySerialLink
 from agent.scenes import scene_jpeg
 
 JPEG = scene_jpeg(1)
@@ -68,7 +69,7 @@ class StationEnd:
 @pytest.fixture
 def unit_and_station():
     link = PtySerialLink()
-    unit = VirtualUnit("cam-core", link, chunk_size=1000, ack_timeout_s=0.3, max_attempts=3)
+    unit = virtual_unit("cam-core", link, chunk_size=1000, ack_timeout_s=0.3, max_attempts=3)
     station = StationEnd(link.slave_path)
     yield unit, station
     station.close()
@@ -115,7 +116,7 @@ def serve(station: StationEnd, reply) -> threading.Thread:  # noqa: ANN001
 
 
 def test_the_virtual_unit_runs_the_firmware_core():
-    unit = VirtualUnit("cam-x", PtySerialLink())
+    unit = virtual_unit("cam-x", PtySerialLink())
     try:
         assert isinstance(unit, CoreVirtualUnit) and unit.engine == "c-core"
     finally:
@@ -219,7 +220,7 @@ def test_runner_wakes_on_pir_sends_and_sleeps_for_the_interval(unit_and_station)
         t.join(20)
         assert station.last[1] == JPEG and station.last[0].trigger == p.Trigger.PIR
         while runner.cycles < 2 and runner.error is None:
-            runner._thread.join(0.05)
+            runner.thread.join(0.05)
         assert runner.error is None and unit.pending == {} and unit.sleeps[-1].seconds == 300
     finally:
         runner.stop()
@@ -236,7 +237,7 @@ def test_over_mqtt_the_unit_publishes_on_its_topics_and_obeys_commands(mosquitto
     station.loop_start()
     assert subscribed.wait(10)
     link = MqttUnitLink(mosquitto.host, mosquitto.port, "st1", "cam-mqtt")
-    unit = VirtualUnit("cam-mqtt", link, chunk_size=8192, ack_timeout_s=5)
+    unit = virtual_unit("cam-mqtt", link, chunk_size=8192, ack_timeout_s=5)
     try:
         unit.hello()
         topic, payload = got.get(timeout=10)
@@ -264,9 +265,9 @@ def test_over_mqtt_the_unit_publishes_on_its_topics_and_obeys_commands(mosquitto
 
 def test_without_a_c_compiler_the_python_fallback_runs_and_says_so(monkeypatch, caplog):
     monkeypatch.setenv("WILDCAM_VIRTUAL_UNIT", "python")
-    monkeypatch.setattr(virtual, "_fallback_logged", False)
-    with caplog.at_level(logging.WARNING, logger="agent.esp32.virtual"):
-        unit = VirtualUnit("cam-py", PtySerialLink())
+    monkeypatch.setattr(units, "_fallback_logged", False)
+    with caplog.at_level(logging.WARNING, logger="agent.esp32.units"):
+        unit = virtual_unit("cam-py", PtySerialLink())
     unit.close()
     assert unit.engine == "python" and not isinstance(unit, CoreVirtualUnit)
     assert "pure-Python fallback" in caplog.text
@@ -295,7 +296,7 @@ def test_core_build_is_cached_by_source_hash(tmp_path):
 
 
 def test_capture_needing_more_chunks_than_indexes_allow_is_dropped_not_wrapped():
-    unit = VirtualUnit("cam-tiny", PtySerialLink(), chunk_size=1, ack_timeout_s=0.2)
+    unit = virtual_unit("cam-tiny", PtySerialLink(), chunk_size=1, ack_timeout_s=0.2)
     try:
         result = unit.send_capture(b"\xff\xd8" + b"\0" * 70000 + b"\xff\xd9")
         assert not result.acked and result.attempts == 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from agent.esp32.host_unit import UnitRunner
 from agent.esp32.virtual import PtySerialLink
 from agent.esp32.virtual_board import VirtualBoard, write_virtual_build
 from agent.scenes import scene_jpeg
+from tests.helpers import wait_for
 
 UNIT_ID = "hil-unit-1"
 
@@ -38,16 +38,6 @@ def add_hil_options(parser: Any) -> None:
         default=120.0,
         help="seconds to wait for a real unit's timer wake",
     )
-
-
-def wait_for(cond: Callable[[], object], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 class Rig:

@@ -6,7 +6,8 @@ tests on a real unit.
 
 from __future__ import annotations
 
-from tests.hil.rig import UNIT_ID, wait_for
+from tests.helpers import wait_for
+from tests.hil.rig import UNIT_ID
 
 
 def test_flashed_and_configured_unit_announces_itself(rig):

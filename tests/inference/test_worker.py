@@ -51,7 +51,7 @@ def face_worker(tmp_path, store, metrics, blazeface_installed):
             tmp_path, store, metrics,
             detector=str(MODELS / "blazeface-full-range"), person_policy=policy,
         )  # fmt: skip
-        worker._reload_if_changed()
+        worker.reload_if_changed()
         assert worker.pipeline is not None, worker.last_error
         return worker
 
@@ -149,7 +149,7 @@ def test_detector_then_classifier_stores_crop_labels_under_their_parent(tmp_path
         classifier=str(MODELS / "fixtures" / "colour-int8"),
         classify_groups=["animal"], person_policy="keep",
     )  # fmt: skip
-    worker._reload_if_changed()
+    worker.reload_if_changed()
     frame = blob_scene(1600, 1200, [(0.5, 1 / 6, 0.25, 1 / 3)], colour=(255, 255, 255))
     frame[200:400, 800:1200] = (250, 250, 250)
     frame[210:390, 810:1190] = (40, 60, 250)  # a blue animal inside its bright outline
@@ -204,7 +204,7 @@ BAD_IMAGES = {
 @pytest.mark.parametrize("kind", list(BAD_IMAGES))
 def test_a_bad_capture_is_failed_with_the_reason_and_kept(tmp_path, store, metrics, kind):
     worker = make_worker(tmp_path, store, metrics, detector=str(MODELS / "fixtures" / "blob-ssd"))
-    worker._reload_if_changed()
+    worker.reload_if_changed()
     good = jpeg_bytes(blob_scene(320, 240, [(0.5, 0.25, 0.25, 0.25)]))
     make, expected = BAD_IMAGES[kind]
     bad = make(good)
@@ -236,7 +236,7 @@ def test_a_bad_package_is_never_activated_and_the_previous_keeps_running(tmp_pat
     installed.mkdir()
     pkg = copy_package("blob-yolo-nc", installed)
     worker = make_worker(tmp_path, store, metrics, detector=str(pkg), reload_interval_s=1)
-    worker._reload_if_changed()
+    worker.reload_if_changed()
     before = worker.pipeline
     assert before is not None
     # an update lands with a corrupted model: refused, the old pipeline stays
@@ -244,8 +244,7 @@ def test_a_bad_package_is_never_activated_and_the_previous_keeps_running(tmp_pat
     model.write_bytes(model.read_bytes()[:500])
     with pytest.raises(PackageError, match="blob-yolo-nc"):
         worker.activate(pkg)
-    worker._next_reload = 0
-    worker._reload_if_changed()
+    worker.reload_if_changed(force=True)
     assert worker.pipeline is before
     assert "blob-yolo-nc" in worker.last_error and "sha256" in worker.last_error
     cid = add_capture(store, jpeg_bytes(blob_scene(64, 64, [(0, 0, 0.25, 0.25)])))
@@ -257,15 +256,14 @@ def test_a_bad_package_is_never_activated_and_the_previous_keeps_running(tmp_pat
 
 def test_with_no_loadable_model_captures_wait_in_received(tmp_path, store, metrics):
     worker = make_worker(tmp_path, store, metrics, detector=str(tmp_path / "missing"))
-    worker._reload_if_changed()
+    worker.reload_if_changed()
     cid = add_capture(store, jpeg_bytes(np.zeros((64, 64, 3), np.uint8)))
     assert worker.run_once() == 0
     assert capture_row(store, cid)["state"] == "received"
     assert "does not exist" in worker.last_error
     # the package is installed later: picked up at the next reload
     shutil.copytree(MODELS / "fixtures" / "blob-ssd", tmp_path / "missing")
-    worker._next_reload = 0
-    worker._reload_if_changed()
+    worker.reload_if_changed(force=True)
     assert worker.run_once() == 1
     assert capture_row(store, cid)["state"] == "analysed"
 
@@ -309,7 +307,7 @@ def _maybe(ids, cid, done):
 
 def test_a_capture_moved_on_during_analysis_is_left_alone(tmp_path, store, metrics):
     worker = make_worker(tmp_path, store, metrics, detector=str(MODELS / "fixtures" / "blob-ssd"))
-    worker._reload_if_changed()
+    worker.reload_if_changed()
     cid = add_capture(store, jpeg_bytes(blob_scene(64, 64, [(0, 0, 0.25, 0.25)])))
     worker.on_result = lambda *_: pytest.fail("no result for a capture that was not stored")
     store.mark_failed(cid, "failed by an operator")

@@ -16,7 +16,7 @@ from agent.store import Store
 from agent.upload.worker import Uploader
 
 try:
-    from cloud.testing import CloudService
+    from cloud.process import CloudService
 except ImportError as exc:  # pragma: no cover - the fixture says what is missing
     CloudService = None  # type: ignore[assignment,misc]
     _CLOUD_IMPORT_ERROR = exc
@@ -28,7 +28,7 @@ _station_counter = iter(range(1, 10_000))
 def clouds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Cloud]]:
     if CloudService is None:
         pytest.fail(
-            f"cloud.testing is not importable ({_CLOUD_IMPORT_ERROR}); "
+            f"cloud.process is not importable ({_CLOUD_IMPORT_ERROR}); "
             "install the project: pip install -e '.[test]'"
         )
     base = tmp_path_factory.mktemp("clouds")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
-from upload_helpers import add_captures, wait_for
+from upload_helpers import add_captures
 
 from agent.cli import main
+from tests.helpers import wait_for
 
 
 def _write_config(tmp_path, station) -> str:

@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from upload_helpers import add_captures, assert_consistent, wait_for
+from upload_helpers import add_captures, assert_consistent
+
+from tests.helpers import wait_for
 
 CHILD = Path(__file__).with_name("upload_child.py")
 

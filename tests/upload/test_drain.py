@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from upload_helpers import add_captures, assert_consistent, wait_for
+from upload_helpers import add_captures, assert_consistent
+
+from tests.helpers import wait_for
 
 
 def test_backlog_reaches_primary_cloud_once(new_station, links):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from upload_helpers import add_captures, assert_consistent, wait_for
+from upload_helpers import add_captures, assert_consistent
+
+from tests.helpers import wait_for
 
 
 def _uploaded(station) -> int:

@@ -6,7 +6,7 @@ import email.parser
 import hashlib
 import json
 
-from upload_helpers import add_captures
+from upload_helpers import add_captures, analyse
 
 from agent.store import Store
 from agent.upload import ledger
@@ -28,14 +28,7 @@ def _kind(row) -> str:
 
 def _store(tmp_path) -> Store:
     store = Store(tmp_path / "b.sqlite3")
-    kinds = ["empty", "received", "vehicle", "animal", "person"]
-    ids = add_captures(store, 10, kinds=kinds)
-    with store.transaction() as conn:
-        for i, cid in enumerate(ids):
-            conn.execute(
-                "UPDATE captures SET meta = ? WHERE id = ?",
-                (json.dumps({"kind": kinds[i % 5]}), cid),
-            )
+    add_captures(store, 10, kinds=["empty", "received", "vehicle", "animal", "person"])
     return store
 
 
@@ -69,8 +62,7 @@ def test_a_capture_another_endpoint_holds_waits_for_that_endpoint(tmp_path):
 def _item(store, row, **kw):
     args = {"empty_policy": "thumbnail", "thumbnails_first": False, "thumbnail_px": 32}
     args.update(kw)
-    with store.read() as conn:
-        dets = ledger.detections_for(conn, [row["id"]])[row["id"]]
+    dets = ledger.detections_for(store, [row["id"]])[row["id"]]
     return build_item(row, dets, store.read_image, **args)
 
 
@@ -105,10 +97,9 @@ def test_thumbnails_first_sends_every_thumbnail_before_any_full_image(tmp_path):
 
 def test_privacy_variant_wins_over_everything(tmp_path):
     store = _store(tmp_path)
-    person = next(r for r in _order(store) if _kind(r) == "person")
-    with store.transaction() as conn:
-        conn.execute("UPDATE captures SET upload_variant = 'none' WHERE id = ?", (person["id"],))
-    row = next(r for r in _order(store) if r["id"] == person["id"])
+    (person,) = add_captures(store, 1, kinds=["received"], start=10)
+    analyse(store, person, "person", upload_variant="none")  # the privacy policy: no image
+    row = next(r for r in _order(store) if r["id"] == person)
     assert _item(store, row, thumbnails_first=True, empty_policy="full").variant == "none"
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 
 import requests
-from upload_helpers import add_captures, assert_consistent, wait_for
+from upload_helpers import add_captures, analyse, assert_consistent
 
 from agent.capture import Capture
 from agent.metrics import Metrics
 from agent.upload.worker import Uploader
+from tests.helpers import wait_for
 
 
 def test_empty_frames_go_as_thumbnails_and_thumbnails_first_upgrades_in_place(new_station, links):
@@ -141,17 +142,13 @@ def _heartbeats(station, endpoint: str) -> float:
 def test_a_blurred_capture_sends_only_the_blurred_copy_and_then_drops_the_original(
     new_station, links
 ):
-    from upload_helpers import jpeg
+    from tests.helpers import jpeg
 
     station = new_station(primary="aws")
-    (cid,) = add_captures(station.store, 1, kinds=["person"])
+    (cid,) = add_captures(station.store, 1, kinds=["received"])
     blurred = jpeg(999)
-    with station.store.transaction() as conn:  # what the inference worker's privacy step writes
-        conn.execute(
-            "INSERT INTO images (capture_id, variant, bytes, jpeg) VALUES (?, 'blurred', ?, ?)",
-            (cid, len(blurred), blurred),
-        )
-        conn.execute("UPDATE captures SET upload_variant = 'blurred' WHERE id = ?", (cid,))
+    # what the inference worker's privacy step writes
+    analyse(station.store, cid, "person", upload_variant="blurred", blurred=blurred)
     assert station.store.read_image(cid, "original") is not None
     station.start()
     wait_for(lambda: station.pending_or_doubt() == 0, what="drained")
@@ -161,3 +158,44 @@ def test_a_blurred_capture_sends_only_the_blurred_copy_and_then_drops_the_origin
     assert station.store.get_capture(cid)["state"] == "uploaded"
     assert station.store.read_image(cid, "original") is None  # never left, now gone
     assert station.store.read_image(cid, "blurred") == blurred
+
+
+def test_a_person_found_by_the_body_leaves_only_blurred_and_the_original_goes(
+    new_station, links, tmp_path
+):
+    import hashlib
+    import io
+    from pathlib import Path
+
+    from PIL import Image
+    from skimage import data
+
+    from agent.config import parse_config
+    from agent.inference.worker import InferenceWorker
+
+    station = new_station(primary="aws")
+    pixels = data.astronaut().copy()
+    pixels[40:190, 150:300] = 128  # her face covered: only the body finder (HOG) can see her
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=92)
+    capture = Capture(
+        unit_id="cam-1", unit_ref="1", path="http", jpeg=buf.getvalue(), received_at=time.time()
+    )
+    station.store.add_capture(capture)
+    detector = Path(__file__).resolve().parents[2] / "models" / "fixtures" / "blob-ssd"
+    inference = parse_config(
+        f'[station]\nid = "{station.station_id}"\ndata_dir = "{tmp_path}"\n[inference]\n'
+        f'detector = "{detector}"\nbody_models = ["opencv-hog"]\n'
+    )
+    worker = InferenceWorker(station.store, inference, Metrics())
+    worker.reload_if_changed()
+    assert worker.run_once() == 1, worker.last_error
+    blurred = station.store.read_image(capture.id, "blurred")
+    assert blurred is not None and blurred != capture.jpeg
+    station.start()
+    wait_for(lambda: station.pending_or_doubt() == 0, what="drained")
+    station.stop()
+    (record,) = links["aws"].records(station.station_id)
+    assert (record["capture_id"], record["variant"]) == (capture.id, "blurred")
+    assert record["image_sha256"] == hashlib.sha256(blurred).hexdigest()
+    assert station.store.read_image(capture.id, "original") is None

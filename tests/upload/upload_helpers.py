@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import io
-import random
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,9 +12,11 @@ import requests
 from linkproxy import LinkProxy
 
 from agent.capture import Capture
+from agent.inference.package import Detection
 from agent.metrics import Metrics
 from agent.store import Store
 from agent.upload.worker import Uploader
+from tests.helpers import jpeg
 
 NAMES = ("aws", "azure", "gcp")
 WEIGHTS = {"aws": 40, "azure": 30, "gcp": 30}
@@ -44,7 +43,7 @@ class Cloud:
         if self.service is not None and self.service.process.poll() is None:
             self.service.stop()
         self.env = env or {}
-        from cloud.testing import CloudService
+        from cloud.process import CloudService
 
         self.service = CloudService.start(self.data_dir, env=self.env)
         self.proxy.retarget(self.service.port)
@@ -186,22 +185,6 @@ def station_with_primary(primary: str | None, prefix: str) -> str:
     raise AssertionError("no station id found")
 
 
-def jpeg(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
-    from PIL import Image
-
-    rnd = random.Random(seed)
-    img = Image.new("RGB", size)
-    img.putdata(
-        [
-            (rnd.randrange(256), rnd.randrange(256), rnd.randrange(256))
-            for _ in range(size[0] * size[1])
-        ]
-    )
-    out = io.BytesIO()
-    img.save(out, "JPEG", quality=85)
-    return out.getvalue()
-
-
 def add_captures(
     store: Store,
     n: int,
@@ -214,6 +197,7 @@ def add_captures(
     """Store `n` captures; `kinds` per capture: received, person, animal, vehicle, empty."""
     ids = []
     for i in range(start, start + n):
+        kind = kinds[(i - start) % len(kinds)] if kinds else "received"
         cap = Capture(
             unit_id=unit,
             unit_ref=str(i),
@@ -223,40 +207,36 @@ def add_captures(
             unit_time=1_780_000_000 + i,
             unit_time_kind="epoch_s",
             trigger="pir",
-            meta={"n": i},
+            meta={"n": i, "kind": kind},
         )
         store.add_capture(cap)
-        kind = kinds[(i - start) % len(kinds)] if kinds else "received"
         analyse(store, cap.id, kind)
         ids.append(cap.id)
     return ids
 
 
-def analyse(store: Store, capture_id: str, kind: str) -> None:
+def analyse(
+    store: Store,
+    capture_id: str,
+    kind: str,
+    *,
+    upload_variant: str = "original",
+    blurred: bytes | None = None,
+) -> None:
     """What the inference worker does: detections, empty flag, state analysed."""
     if kind == "received":
         return
-    with store.transaction() as conn:
-        if kind != "empty":
-            conn.execute(
-                """INSERT INTO detections (capture_id, label, grp, score, x, y, w, h, model,
-                       model_version) VALUES (?, ?, ?, 0.9, 0.1, 0.2, 0.3, 0.4, 'md', '5')""",
-                (capture_id, kind, kind),
-            )
-        conn.execute(
-            "UPDATE captures SET empty = ? WHERE id = ?", (1 if kind == "empty" else 0, capture_id)
-        )
-        store.set_state(conn, capture_id, "analysed")
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
-    """Poll `cond` (bounded in time); fail with `what` if it never holds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"gave up waiting for {what}")
+    found = []
+    if kind != "empty":
+        found.append(Detection(kind, kind, 0.9, (0.1, 0.2, 0.3, 0.4), "md", "5"))
+    store.save_analysis(
+        capture_id,
+        found,
+        empty=not found,
+        upload_variant=upload_variant,
+        summary={"models": ["md@5"]},
+        blurred=blurred,
+    )
 
 
 def assert_consistent(station: Station, clouds: dict[str, Cloud]) -> dict[str, set[str]]:

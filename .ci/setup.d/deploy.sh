@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Deploy tests (tests/deploy) read the units with systemd's own tools: systemd-analyze verify and
+# security, systemd-sysusers and systemd-tmpfiles with --root, and the unit library in
+# /usr/lib/systemd/system. Debian's `systemd` package brings them all; nothing is started.
+# kubectl (kustomize), kubernetes-validate and hadolint come from pip's test extra.
+# Idempotent: a machine that has them returns at once.
+set -euo pipefail
+
+if ! command -v systemd-analyze >/dev/null 2>&1 || [ ! -e /usr/lib/systemd/system/sysinit.target ]; then
+    echo "deploy.sh: installing Debian's systemd package (systemd-analyze, sysusers, tmpfiles)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends systemd >/dev/null
+fi
+echo "deploy.sh: $(systemd-analyze --version | head -1)"

@@ -1,0 +1,1 @@
+"""Model sync: signed model versions from the cloud, verified, self-tested, shadow-run, activated."""

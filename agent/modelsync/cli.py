@@ -1,0 +1,151 @@
+"""`fieldstation models verify|activate|rollback|status`: model sync by hand, for a technician.
+
+`verify` runs the same checks as the sync path on a package file (a USB stick: the `.tar.gz` with
+its `.sig` beside it). `activate` and `rollback` switch the same atomic pointer the sync worker
+does; a running station follows it within a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from agent.modelsync.verify import Release, VerifyError, self_test, verify_package
+from agent.modelsync.versions import ModelVersions, PointerError
+
+
+def add_model_commands(msub: Any, with_config: Any) -> None:
+    """Add verify, activate, rollback and status under `fieldstation models`."""
+    verify = msub.add_parser("verify", help="check a package file as model sync would")
+    with_config(verify)
+    verify.add_argument("package", type=Path, metavar="PKG", help="the .tar.gz from the cloud")
+    verify.add_argument("--sig", type=Path, help="its signature file (default PKG.sig)")
+    verify.add_argument(
+        "--key", action="append", default=[], help="trusted public key (default: the config's)"
+    )
+    verify.set_defaults(func=cmd_verify)
+    activate = msub.add_parser("activate", help="make an installed version active now")
+    with_config(activate)
+    activate.add_argument("version")
+    activate.set_defaults(func=cmd_activate)
+    rollback = msub.add_parser("rollback", help="go back to the previous version")
+    with_config(rollback)
+    rollback.set_defaults(func=cmd_rollback)
+    status = msub.add_parser("status", help="active, previous, installed and refused versions")
+    with_config(status)
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(func=cmd_status)
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from agent.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        raise SystemExit(f"fieldstation: {exc}") from None
+    if getattr(args, "data_dir", None):
+        config = config.replace("station", data_dir=str(args.data_dir))
+    return config
+
+
+def _versions(config: Any) -> ModelVersions:
+    from agent.store import BUFFER_FILE, Store
+
+    name = config.modelsync.model
+    if not name:
+        raise SystemExit("fieldstation models: set [modelsync] model to the model name to manage")
+    data_dir = Path(config.data_dir)
+    return ModelVersions(data_dir, name, Store(data_dir / BUFFER_FILE))
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    config = _config(args)
+    s = config.modelsync
+    keys = args.key or list(s.trusted_keys)
+    sig = args.sig or args.package.with_name(args.package.name + ".sig")
+    try:
+        release = Release.from_sig_file(sig)
+        with tempfile.TemporaryDirectory(prefix="fieldstation-verify-") as tmp:
+            folder = verify_package(
+                args.package, release, keys, Path(tmp) / "pkg", int(s.max_package_bytes)
+            )
+            print(f"{release.id}: sha256 ok, signed by trusted key {release.key_id}, card ok")
+            _package, ms = self_test(
+                folder,
+                latency_budget_ms=s.max_latency_ms,
+                deadline_s=s.selftest_deadline_s,
+                threads=config.inference.threads,
+                xnnpack=config.inference.xnnpack,
+            )
+            goldens = len(release.card.get("selftest", []))
+            print(f"{release.id}: {goldens} golden self-test(s) reproduce, {ms:.1f} ms per image")
+    except VerifyError as exc:
+        print(f"fieldstation models verify: {args.package}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{release.id}: ok")
+    return 0
+
+
+def cmd_activate(args: argparse.Namespace) -> int:
+    versions = _versions(_config(args))
+    try:
+        versions.forgive(args.version)  # a person chose it: the refusal no longer stands
+        pointer = versions.switch(args.version, how="manual")
+    except PointerError as exc:
+        installed = ", ".join(versions.installed()) or "none"
+        print(f"fieldstation models activate: {exc} (installed: {installed})", file=sys.stderr)
+        return 1
+    was = pointer.previous[0] if pointer.previous else "none"
+    print(f"{versions.name}@{pointer.version} active (was {was})")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    versions = _versions(_config(args))
+    current = versions.pointer()
+    if current is None or not current.previous:
+        print("fieldstation models rollback: no previous version to go back to", file=sys.stderr)
+        return 1
+    target = current.previous[0]
+    try:
+        versions.switch(target, how="rollback")
+    except PointerError as exc:
+        print(f"fieldstation models rollback: {exc}", file=sys.stderr)
+        return 1
+    versions.mark(current.version, "rolled_back", "rolled back by hand")
+    print(f"{versions.name}@{target} active (rolled back from {current.version})")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    versions = _versions(_config(args))
+    p = versions.pointer()
+    installed = versions.installed()
+    records = versions.records()
+    doc = {
+        "model": versions.name,
+        "active": p.as_json() if p else None,
+        "installed": installed,
+        "versions": records,
+    }
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(f"model      {versions.name}")
+    if p is None:
+        print("active     none")
+    else:
+        watch = ", in probation" if p.probation else ""
+        print(f"active     {p.version} ({p.how}{watch})")
+        print(f"previous   {', '.join(p.previous) or 'none'}")
+    print(f"installed  {', '.join(installed) or 'none'}")
+    for r in records:
+        if r["state"] == "installed":
+            continue
+        print(f"refused    {r['version']}: {r['state']}: {r['reason']}")
+    return 0

@@ -1,0 +1,138 @@
+"""The station's local HTTP: health, readiness, metrics, status, and the unit intake routes.
+
+The main listener (loopback by default) serves everything; the optional LAN listener serves only
+the intake routes, so units on Wi-Fi never reach the operator endpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from agent.ingest.http import Intake
+from agent.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+def main_app(
+    intake: Intake,
+    metrics: Metrics,
+    status: Callable[[], dict[str, Any]],
+    ready: Callable[[], tuple[bool, str]],
+    command: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None,
+    extra_routes: Sequence[BaseRoute] = (),
+) -> Starlette:
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def readyz(request: Request) -> Response:
+        ok, why = ready()
+        return PlainTextResponse(
+            ("ready\n" if ok else f"not ready: {why}\n"), status_code=200 if ok else 503
+        )
+
+    async def metrics_route(request: Request) -> Response:
+        body = await asyncio.to_thread(metrics.render)
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def api_status(request: Request) -> Response:
+        return JSONResponse(await asyncio.to_thread(status))
+
+    async def unit_command(request: Request) -> Response:
+        if command is None:
+            return JSONResponse({"error": "commands are not available"}, status_code=404)
+        try:
+            body = await request.json()
+        except (ValueError, RecursionError):  # RecursionError: [[[[...]]]] nested too deeply
+            return JSONResponse({"error": "body is not JSON"}, status_code=400)
+        if not isinstance(body, dict):
+            return JSONResponse({"error": "body must be a JSON object"}, status_code=400)
+        try:
+            result = await asyncio.to_thread(command, request.path_params["unit_id"], body)
+        except LookupError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
+        except (ValueError, TypeError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        except ConnectionError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=503)
+        return JSONResponse(result)
+
+    routes = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics_route),
+        Route("/api/status", api_status),
+        Route("/api/units/{unit_id}/commands", unit_command, methods=["POST"]),
+        *extra_routes,  # components' own routes (power)
+        *intake.routes(),
+    ]
+    return Starlette(routes=routes)
+
+
+def intake_app(intake: Intake, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+    """The LAN listener: the intake routes, plus the page when web.lan says so."""
+    return Starlette(routes=[*intake.routes(), *extra_routes])
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class HttpListener:
+    """A uvicorn server in a worker thread (no signal handlers: the daemon owns signals)."""
+
+    def __init__(self, name: str, app: Starlette, listen: str) -> None:
+        self.name = name
+        self.app = app
+        self.host, self.port = split_listen(listen)
+        self._server: uvicorn.Server | None = None
+
+    def run(self, stop: threading.Event) -> None:
+        config = uvicorn.Config(
+            self.app,
+            host=self.host,
+            port=self.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+        )
+        server = uvicorn.Server(config)
+        self._server = server
+
+        def watch() -> None:
+            stop.wait()
+            server.should_exit = True
+
+        watcher = threading.Thread(
+            target=watch,
+            name=f"{self.name}-stop",
+            daemon=True,
+        )
+        watcher.start()
+        try:
+            server.run()  # in a worker thread uvicorn installs no signal handlers
+        except SystemExit:  # uvicorn exits this way when it cannot bind
+            raise RuntimeError(f"HTTP listener cannot listen on {self.host}:{self.port}") from None
+        if not stop.is_set():
+            raise RuntimeError(f"HTTP listener on {self.host}:{self.port} stopped unexpectedly")
+
+    def wait_started(self, timeout: float = 10.0) -> bool:
+        """True once the socket is bound (tests and the demo wait on it)."""
+        pause = threading.Event()
+        for _ in range(int(timeout / 0.05)):
+            if self._server is not None and self._server.started:
+                return True
+            pause.wait(0.05)
+        return False

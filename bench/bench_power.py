@@ -1,0 +1,170 @@
+"""Idle cost of the station in NORMAL and in ECO: CPU seconds and wake-ups per idle minute.
+
+    python bench/bench_power.py [--seconds 60]
+
+Measured in one run, on this machine:
+  raw       an idle Python process with as many threads, each asleep on an event: the floor
+            any daemon of this shape pays;
+  station   `fieldstation run` as its own process with a battery in a sysfs tree (temp dir),
+            no units: first at 80 % (NORMAL), then at 30 % (ECO), each for --seconds.
+Wake-ups are context switches summed over every thread (/proc/<pid>/task/*/status). Prints a table
+and the ratios against the raw process (goal: < 0.3 CPU s/min in ECO).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agent.broker import free_port  # noqa: E402
+
+
+def wakeups(pid: int) -> int:
+    """Voluntary and involuntary context switches of every thread of a process."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            text = (task / "status").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                total += int(line.split()[1])
+    return total
+
+
+def measure(pid: int, seconds: float) -> dict[str, float]:
+    proc = psutil.Process(pid)
+    cpu0, w0 = sum(proc.cpu_times()[:2]), wakeups(pid)
+    time.sleep(seconds)
+    cpu1, w1 = sum(proc.cpu_times()[:2]), wakeups(pid)
+    return {
+        "cpu_s_per_min": (cpu1 - cpu0) * 60 / seconds,
+        "wakeups_per_min": (w1 - w0) * 60 / seconds,
+        "threads": proc.num_threads(),
+    }
+
+
+RAW = """
+import threading, sys
+stop = threading.Event()
+for i in range(int(sys.argv[1]) - 1):
+    threading.Thread(target=stop.wait, daemon=True).start()
+print("ready", flush=True)
+stop.wait()
+"""
+
+
+def raw_idle(threads: int, seconds: float) -> dict[str, float]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RAW, str(threads)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        return measure(proc.pid, seconds)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def write_battery(root: Path, soc: float) -> None:
+    bat = root / "class" / "power_supply" / "BAT0"
+    bat.mkdir(parents=True, exist_ok=True)
+    (bat / "type").write_text("Battery\n")
+    (bat / "capacity").write_text(f"{soc:.0f}\n")
+    (bat / "voltage_now").write_text(f"{int((12.0 + 1.3 * soc / 100) * 1e6)}\n")
+    (bat / "current_now").write_text("-400000\n")
+    (bat / "status").write_text("Discharging\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=60.0, help="idle time measured per state")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-power-") as tmp:
+        folder = Path(tmp)
+        sys_root = folder / "sys"
+        write_battery(sys_root, 80)
+        listen = f"127.0.0.1:{free_port()}"
+        conf = folder / "station.toml"
+        conf.write_text(
+            f'[station]\nid = "bench"\ndata_dir = "{folder / "data"}"\n'
+            f'[http]\nlisten = "{listen}"\n[inference]\nenabled = false\n'
+            f'[power]\nsysfs_root = "{sys_root}"\nmin_dwell_s = 0\nwake_command = []\n'
+            '[[power.sources]]\nkind = "sysfs"\n'
+        )
+        log = open(folder / "daemon.log", "wb")  # noqa: SIM115 - the child keeps it
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(conf)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            state = wait_state(listen, "normal", 60)
+            time.sleep(2)  # start-up work done
+            normal = measure(daemon.pid, args.seconds)
+            write_battery(sys_root, 30)
+            state = wait_state(listen, "eco", 200)  # the next read (30 s in NORMAL) sees it
+            time.sleep(2)
+            eco = measure(daemon.pid, args.seconds)
+        finally:
+            daemon.terminate()
+            daemon.wait(30)
+            log.close()
+        raw = raw_idle(int(normal["threads"]), args.seconds)
+    results = {
+        "seconds": args.seconds,
+        "raw": raw,
+        "normal": normal,
+        "eco": eco,
+        "state_seen": state,
+        "eco_cpu_vs_raw": eco["cpu_s_per_min"] / max(raw["cpu_s_per_min"], 1e-3),
+        "eco_wakeups_vs_raw": eco["wakeups_per_min"] / max(raw["wakeups_per_min"], 1.0),
+    }
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(f"{'idle process':<28} {'CPU s/min':>10} {'wake-ups/min':>13} {'threads':>8}")
+    for name, r in (
+        ("raw (threads asleep)", raw),
+        ("station NORMAL", normal),
+        ("station ECO", eco),
+    ):
+        print(
+            f"{name:<28} {r['cpu_s_per_min']:>10.3f} {r['wakeups_per_min']:>13.0f} "
+            f"{r['threads']:>8.0f}"
+        )
+    goal = "met" if eco["cpu_s_per_min"] < 0.3 else "NOT met"
+    print(
+        f"ECO / raw: CPU {results['eco_cpu_vs_raw']:.1f}x, wake-ups "
+        f"{results['eco_wakeups_vs_raw']:.1f}x; goal < 0.3 CPU s/min in ECO: {goal}"
+    )
+
+
+def wait_state(listen: str, want: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while time.monotonic() < deadline:
+        try:
+            seen = requests.get(f"http://{listen}/api/power", timeout=2).json()["state"]
+        except (requests.RequestException, ValueError, KeyError):
+            seen = ""
+        if seen == want:
+            return seen
+        time.sleep(0.5)
+    raise RuntimeError(f"the station did not reach {want} in {timeout:.0f} s (last: {seen!r})")
+
+
+if __name__ == "__main__":
+    main()

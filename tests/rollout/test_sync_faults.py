@@ -1,0 +1,298 @@
+"""Bad inputs on the station's sync path: each refused with its reason, reported, and the active
+model still running. One real cloud for the module; each test follows its own model name."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import itertools
+import json
+import random
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from agent.config import parse_config
+from agent.inference.worker import InferenceWorker
+from agent.metrics import Metrics
+from agent.modelsync import artifact as art
+from agent.modelsync.worker import ModelSync
+from agent.store import BUFFER_FILE, Store
+from agent.upload import ledger
+from agent.upload.budget import local_day
+from cloud import rollout as ro
+from cloud.auth import issue_token
+from cloud.config import load_config
+from cloud.models import publish_package
+from cloud.process import CloudService
+from cloud.service import Service
+
+from . import fleet
+from .conftest import make_version
+from .flaky import FlakyProxy
+
+_names = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def cloud_env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    _pub, public = art.generate_key(root / "k")
+    _pub2, other = art.generate_key(root / "other")
+    with CloudService.start(root / "cloud") as cloud:
+        service = Service.open(load_config(None, data_dir=str(cloud.data_dir)))
+        yield cloud, service, root / "k", public, other
+        service.close()
+
+
+class Rig:
+    """One station's model sync, driven poll by poll: a buffer, an inference worker, the worker."""
+
+    def __init__(
+        self, tmp: Path, env, *, keys=None, extra: str = "", upload_extra: str = "", url=None
+    ):
+        cloud, self.service, self.key, public, _other = env
+        self.cloud = cloud
+        self.name = f"t{next(_names)}-det"
+        self.tmp = tmp
+        sid = f"st-{self.name}"
+        self.service.db.add_station(sid)
+        token = issue_token(self.service.db, sid)
+        self.config = parse_config(
+            fleet.station_toml(tmp / sid, sid, cloud, token, keys or [public], extra,
+                               model=self.name, url=url, upload_extra=upload_extra),
+            "<rig>",
+        )  # fmt: skip
+        self.store = Store(self.config.data_dir / BUFFER_FILE)
+        self.inference = InferenceWorker(self.store, self.config, Metrics())
+        self.sync = ModelSync(self.store, self.config, inference=self.inference)
+        self.sid = sid
+
+    def publish(self, version: str, **kw) -> dict:
+        folder = make_version(self.tmp / "pkgs", version, name=self.name, **kw)
+        return publish_package(
+            self.service.db, self.service.store, folder, self.key, max_bytes=1 << 30
+        )
+
+    def roll(self, version: str) -> None:
+        ro.create(
+            self.service.db, self.name, version, ro.RolloutSpec(waves=(ro.Wave((self.sid,)),))
+        )
+
+    def running(self) -> str | None:
+        p = self.inference.pipeline
+        return p.detector.card.version if p else None
+
+    def with_v1(self) -> Rig:
+        self.publish("1.0.0")
+        self.roll("1.0.0")
+        self.sync.poll()
+        assert self.running() == "1.0.0", self.sync.job
+        return self
+
+    def fails(self, version: str) -> str:
+        """Poll; the job for `version` failed, v1 still runs; return the reason."""
+        self.sync.poll()
+        job = self.sync.job
+        assert job is not None and job["version"] == version and job["state"] == "failed", job
+        assert self.running() == "1.0.0"
+        assert self.sync.versions.pointer().version == "1.0.0"
+        assert self.sync.send_report()
+        state = {s["station_id"]: s for s in ro.status(self.service.db, self.name)["stations"]}
+        assert state[self.sid]["state"] == "failed"
+        assert state[self.sid]["reason"] == job["reason"]
+        return job["reason"]
+
+    def model_bytes_today(self) -> int:
+        with self.store.read() as conn:
+            return (
+                ledger.traffic_on(conn, local_day(self.sync.clock()))
+                .get("modelsync", {})
+                .get("bytes", 0)
+            )
+
+    def raw_release(self, version: str, tar_bytes: bytes, card: dict) -> None:
+        """Sign and record bytes as a release, skipping the publish checks (a rogue or buggy cloud)."""
+        sha = hashlib.sha256(tar_bytes).hexdigest()
+        sig = art.sign(
+            art.load_private_key(self.key), art.signed_message(self.name, version, sha, card)
+        )
+        key = f"models/{self.name}/{version}/raw"
+        self.service.store.put(key, tar_bytes)
+        ro.record_release(self.service.db, self.name, version, sha, len(tar_bytes), key, card,
+                          sig.key_id, sig.value)  # fmt: skip
+
+    def set_release(self, version: str, column: str, value: str) -> None:
+        with self.service.db.transaction() as cur:
+            cur.execute(f"UPDATE model_releases SET {column} = ? WHERE name = ? AND version = ?",
+                        (value, self.name, version))  # fmt: skip
+
+
+def test_tampered_artifact_is_refused_then_never_retried(tmp_path, cloud_env):
+    rig = Rig(tmp_path, cloud_env).with_v1()
+    release = rig.publish("2.0.0")
+    obj = rig.service.db.get_model(rig.name, "2.0.0")["object_key"]
+    data = bytearray(rig.service.store.get(obj))
+    data[-100] ^= 0xFF
+    rig.service.store.put(obj, bytes(data))
+    rig.roll("2.0.0")
+    assert "tampered" in rig.fails("2.0.0")
+    assert rig.sync.versions.refused()["2.0.0"][0] == "bad"
+    spent = rig.model_bytes_today()
+    assert spent >= release["size"]
+    again = ModelSync(rig.store, rig.config, inference=rig.inference)  # e.g. after a restart
+    again.poll()
+    assert again.job["reason"].startswith("already marked bad: verify: sha256")
+    assert rig.model_bytes_today() == spent  # not downloaded again
+
+
+@pytest.mark.parametrize(
+    ("problem", "reason"),
+    [("wrong", "bad signature"), ("missing", "not signed"), ("unknown", "unknown key")],
+)
+def test_signature_problems_are_refused(tmp_path, cloud_env, problem, reason):
+    keys = [cloud_env[4], cloud_env[3]] if problem != "unknown" else None
+    rig = Rig(tmp_path, cloud_env, keys=keys).with_v1()
+    rig.publish("2.0.0")
+    if problem == "wrong":
+        rig.set_release("2.0.0", "signature", _signature_of(rig, "1.0.0"))
+    elif problem == "missing":
+        rig.set_release("2.0.0", "signature", "")
+    else:
+        _with(rig, trusted_keys=[cloud_env[4]])
+    rig.roll("2.0.0")
+    assert reason in rig.fails("2.0.0")
+
+
+def _signature_of(rig: Rig, version: str) -> str:
+    return ro.get_release(rig.service.db, rig.name, version)["signature"]
+
+
+def test_a_manifest_naming_an_unpublished_version_is_reported(tmp_path, cloud_env):
+    rig = Rig(tmp_path, cloud_env).with_v1()
+    rig.publish("2.0.0")
+    rig.roll("2.0.0")
+    with rig.service.db.transaction() as cur:  # the artifact and its record vanish
+        cur.execute("DELETE FROM models WHERE name = ? AND version = ?", (rig.name, "2.0.0"))
+    assert "2.0.0 is not published" in rig.fails("2.0.0")
+
+
+def test_a_dropped_link_resumes_by_range(tmp_path, cloud_env):
+    proxy = FlakyProxy(cloud_env[0].port)
+    try:
+        rig = Rig(tmp_path, cloud_env, url=proxy.url).with_v1()
+        folder = make_version(tmp_path / "big", "2.0.0", name=rig.name)
+        (folder / "notes.bin").write_bytes(random.Random("x").randbytes(256_000))  # 256 KB
+        release = publish_package(
+            rig.service.db, rig.service.store, folder, rig.key, max_bytes=1 << 30
+        )
+        rig.roll("2.0.0")
+        before = rig.model_bytes_today()
+        proxy.mode, proxy.cut_after, proxy.cuts = "cut", 100_000, 2
+        rig.sync.poll()
+        assert rig.running() == "2.0.0", rig.sync.job
+        assert proxy.ranges[:2] == ["bytes=100000-", "bytes=200000-"]
+        assert rig.model_bytes_today() - before == release["size"]  # nothing fetched twice
+    finally:
+        proxy.close()
+
+
+def test_a_server_that_ignores_range_restarts_the_download(tmp_path, cloud_env):
+    proxy = FlakyProxy(cloud_env[0].port)
+    try:
+        rig = Rig(tmp_path, cloud_env, url=proxy.url).with_v1()
+        folder = make_version(tmp_path / "big", "2.0.0", name=rig.name)
+        (folder / "notes.bin").write_bytes(random.Random("y").randbytes(256_000))
+        release = publish_package(
+            rig.service.db, rig.service.store, folder, rig.key, max_bytes=1 << 30
+        )
+        rig.roll("2.0.0")
+        part = rig.sync.versions.staging / f"{rig.name}-2.0.0.part"
+        part.write_bytes(b"\0" * 100_000)  # left by a dropped link; the path now drops Range
+        before = rig.model_bytes_today()
+        proxy.mode = "no_range"
+        rig.sync.poll()
+        assert proxy.ranges == ["bytes=100000-"]  # asked to resume, got the whole object
+        assert rig.running() == "2.0.0", rig.sync.job
+        assert rig.model_bytes_today() - before == release["size"]
+    finally:
+        proxy.close()
+
+
+def _with(rig: Rig, **changes: object) -> None:
+    rig.sync.settings = dataclasses.replace(rig.sync.settings, **changes)
+
+
+def test_a_package_over_the_size_cap_is_not_downloaded(tmp_path, cloud_env):
+    rig = Rig(tmp_path, cloud_env).with_v1()
+    _with(rig, max_package_bytes=2048)
+    rig.publish("2.0.0")
+    rig.roll("2.0.0")
+    before = rig.model_bytes_today()
+    assert "over 2048" in rig.fails("2.0.0")
+    assert rig.model_bytes_today() == before
+
+
+def _evil_tar(folder: Path, evil: tarfile.TarInfo | None = None) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for f in sorted(folder.iterdir()):
+            tar.add(f, arcname=f.name)
+        if evil is not None:
+            tar.addfile(evil, io.BytesIO(b"x" * evil.size))
+    return out.getvalue()
+
+
+def test_a_signed_tar_with_dotdot_paths_is_refused_and_writes_nothing_outside(tmp_path, cloud_env):
+    rig = Rig(tmp_path, cloud_env).with_v1()
+    folder = make_version(tmp_path / "evil", "2.0.0", name=rig.name)
+    evil = tarfile.TarInfo("../../../../escaped.txt")
+    evil.size = 1
+    rig.raw_release(
+        "2.0.0", _evil_tar(folder, evil), json.loads((folder / "model.json").read_text())
+    )
+    rig.roll("2.0.0")
+    assert "leaves the package" in rig.fails("2.0.0")
+    assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_a_signed_card_that_contradicts_its_model_is_refused(tmp_path, cloud_env):
+    rig = Rig(tmp_path, cloud_env).with_v1()
+    folder = make_version(tmp_path / "bad", "2.0.0", name=rig.name)
+    card = json.loads((folder / "model.json").read_text())
+    card["input"]["width"] = 96
+    (folder / "model.json").write_text(json.dumps(card))
+    rig.raw_release("2.0.0", _evil_tar(folder), card)
+    rig.roll("2.0.0")
+    assert "card contradicts the model" in rig.fails("2.0.0")
+
+
+def test_goldens_that_do_not_reproduce_are_refused(tmp_path, cloud_env):
+    rig = Rig(tmp_path, cloud_env).with_v1()
+    rig.publish("2.0.0", break_golden=True)
+    rig.roll("2.0.0")
+    assert "self-test 0 failed" in rig.fails("2.0.0")
+
+
+def test_budget_windows_and_power_make_it_wait_not_fail(tmp_path, cloud_env):
+    rig = Rig(tmp_path, cloud_env).with_v1()
+    rig.publish("2.0.0")
+    rig.roll("2.0.0")
+    used = rig.model_bytes_today()
+    rig.sync.daily_budget = used + 100
+    rig.sync.poll()
+    assert rig.sync.job["state"] == "waiting" and "daily data budget" in rig.sync.job["reason"]
+    rig.sync.daily_budget = 0
+    rig.sync.power_check = lambda what: what != "download"
+    rig.sync.poll()
+    assert rig.sync.job["reason"] == "power state does not allow downloads"
+    rig.sync.power_check = lambda what: what != "activate"
+    rig.sync.poll()
+    assert rig.sync.job["reason"] == "power state does not allow activation"
+    assert rig.running() == "1.0.0"
+    rig.sync.power_check = None
+    rig.sync.step()
+    assert rig.running() == "2.0.0"
+    assert rig.sync.versions.pointer().previous == ["1.0.0"]
