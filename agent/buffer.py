@@ -18,13 +18,14 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
-
-import sqlite_utils
+from typing import IO, TYPE_CHECKING, Any
 
 from agent.config import load_config
 from agent.install import station_data_dir
 from agent.store import BUFFER_FILE
+
+if TYPE_CHECKING:
+    import sqlite_utils  # imported where a buffer is opened: `fieldstation --help` stays quick
 
 FORMATS = ("jsonl", "json", "csv")
 
@@ -42,6 +43,8 @@ class TableInfo:
 
 def open_buffer(path: Path) -> sqlite_utils.Database:
     """The buffer at `path`, opened read-only (no WAL checkpoint, no schema change, no write)."""
+    import sqlite_utils
+
     if not path.is_file():
         raise BufferError(f"no buffer at {path} (--data-dir DIR, or --config FILE)")
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)

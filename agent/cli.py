@@ -1,10 +1,12 @@
-"""The `fieldstation` command: a thin layer over the station's modules."""
+"""fieldstation: run a WildCAM field station, check its configuration, and look into its
+buffer, units, models and uploads."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,6 +16,7 @@ from agent import __version__
 from agent.bufferlock import BufferInUse
 from agent.config import ComponentConfigError, Config, ConfigError, example_config, load_config
 from agent.install import station_data_dir
+from agent.localapi import daemon_status
 from agent.store import BUFFER_FILE, Store, StoreError
 
 
@@ -52,10 +55,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_config_check(args: argparse.Namespace) -> int:
     from agent.preflight import as_config_error, package_findings, startup_findings
 
-    config = load_config(args.file, required=True)
-    findings = [*startup_findings(config, station_may_run=True), *package_findings(config)]
-    if findings:
-        raise as_config_error(config, findings)
+    try:
+        config = load_config(args.file, required=True)
+        findings = [*startup_findings(config, station_may_run=True), *package_findings(config)]
+        if findings:
+            raise as_config_error(config, findings)
+    except ConfigError as exc:
+        if not args.json:
+            raise
+        problems = [
+            {"key": p.key, "line": p.line, "variable": p.var, "reason": p.reason}
+            for p in exc.problems
+        ]
+        print(json.dumps({"file": str(args.file), "ok": False, "problems": problems}, indent=2))
+        return 2
+    if args.json:
+        doc = {"file": str(args.file), "ok": True, "problems": [], "config": config.as_dict()}
+        print(json.dumps(doc, indent=2, default=str))
+        return 0
     print(f"{args.file}: ok")
     print(f"  station id  {config.station_id}")
     print(f"  data dir    {config.data_dir}")
@@ -83,24 +100,6 @@ def _open_readonly(args: argparse.Namespace) -> tuple[Config, Store, str]:
         raise SystemExit(f"fieldstation: {exc} (folder from {found_by}; --data-dir DIR)") from None
 
 
-def _daemon_status(config: Config) -> dict[str, Any] | None:
-    import requests
-
-    host, _, port = config.http.listen.rpartition(":")
-    host = host.strip("[]")
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        r = requests.get(f"http://{host}:{port}/api/status", timeout=1.5)
-        r.raise_for_status()
-        data = r.json()
-    except (requests.RequestException, ValueError):
-        return None
-    return data
-
-
 STATUS_ALARM = 1  # the daemon runs, but something is unwell (the alarms say what)
 STATUS_DOWN = 3  # the daemon does not answer on http.listen
 STATUS_EXIT_CODES = """exit status:
@@ -115,7 +114,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     summary = store.queue_summary()
     units = [dict(u) for u in store.units()]
     alarms = store.alarms()
-    daemon = _daemon_status(config)
+    daemon = daemon_status(config)
     doc = {
         "station_id": config.station_id,
         "buffer": str(store.path),
@@ -259,7 +258,12 @@ def _setup_logging(level: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fieldstation", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="fieldstation",
+        description=__doc__,
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"fieldstation {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -272,7 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sp.add_argument("--data-dir", type=Path, default=None, help="override station.data_dir")
 
-    run = sub.add_parser("run", help="run the station daemon")
+    run = sub.add_parser(
+        "run",
+        help="run the station daemon",
+        description="Run the station daemon in the foreground (systemd Type=notify): ingest, "
+        "inference, uploads, power, model sync and the local HTTP. A start-up failure is one "
+        "line naming the key, exit 2.",
+    )
     with_config(run)
     run.add_argument("--http", metavar="HOST:PORT", help="main HTTP listener (overrides config)")
     run.set_defaults(func=cmd_run)
@@ -286,30 +296,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     with_config(status)
     status.add_argument("--http", metavar="HOST:PORT", help="where the daemon listens")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.set_defaults(func=cmd_status)
 
-    queue = sub.add_parser("queue", help="captures by state, oldest pending, per unit")
+    queue = sub.add_parser(
+        "queue",
+        help="captures by state, oldest pending, per unit",
+        description="Show the buffer's captures by state, the oldest one waiting, and per unit.",
+    )
     with_config(queue)
-    queue.add_argument("--json", action="store_true")
+    queue.add_argument("--json", action="store_true", help="print the summary as JSON")
     queue.set_defaults(func=cmd_queue)
 
     config = sub.add_parser("config", help="check or print configuration")
     csub = config.add_subparsers(dest="config_command", required=True)
-    check = csub.add_parser("check", help="validate a config file")
-    check.add_argument("file", type=Path)
+    check = csub.add_parser(
+        "check",
+        help="validate a config file",
+        description="Validate a station TOML as `run` would: every key, the files it names, the "
+        "listen addresses (bindable now, or held by this station) and the model packages.",
+    )
+    check.add_argument("file", type=Path, help="the station TOML to check")
+    check.add_argument("--json", action="store_true", help="print the verdict and problems as JSON")
     check.set_defaults(func=cmd_config_check)
     example = csub.add_parser("example", help="print every key with its default")
     example.set_defaults(func=cmd_config_example)
 
     demo = sub.add_parser("demo", help="the whole chain with virtual camera units, no hardware")
     demo.add_argument("--captures", type=int, default=12, help="captures to send (default 12)")
-    demo.add_argument("--json", action="store_true", help="end with a JSON summary")
+    demo.add_argument(
+        "--json", action="store_true", help="print only a JSON summary on stdout (progress: stderr)"
+    )
     demo.add_argument("--keep", action="store_true", help="keep the demo's data folder")
     demo.set_defaults(func=cmd_demo)
 
     for module in (
         "agent.esp32.cli",
+        "agent.units",
         "agent.inference.cli",
         "agent.upload.cli",
         "agent.power.cli",
@@ -318,7 +341,28 @@ def build_parser() -> argparse.ArgumentParser:
         "agent.buffer",
     ):
         _add_optional(sub, module)
+    _describe(parser)
     return parser
+
+
+EXIT_CODES = """exit status (every command):
+  0    done, nothing wrong
+  1    done, and found something wrong (a bad image, a package that fails, alarms in status)
+  2    bad usage, a configuration or buffer that cannot be used, a start-up failure
+  3    status: the daemon is not reachable
+  130  interrupted (Ctrl-C)
+  141  the reader of the output went away (`fieldstation queue | head`)"""
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Each subcommand without a description shows its one-line help at the top of its --help."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sp in action.choices.items():
+                if sp.description is None and helps.get(name):
+                    sp.description = str(helps[name])[0].upper() + str(helps[name])[1:] + "."
+                _describe(sp)
 
 
 def _add_optional(sub: Any, module: str) -> None:
@@ -350,3 +394,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_went_away()
+
+
+def _reader_went_away() -> int:
+    """`fieldstation queue | head`: the reader closed the pipe; end quietly, as `cat` would."""
+    # stdout's buffer still holds lines nobody will read: point it at /dev/null so the
+    # interpreter's final flush does not raise again
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141  # 128 + SIGPIPE, what a shell reports for a command ended by a closed pipe

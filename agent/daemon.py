@@ -282,6 +282,16 @@ class Station:
             ", ".join(self.config.serial.ports) or "none",
             f"{self.config.mqtt.host}:{self.config.mqtt.port}" if self.mqtt else "off",
         )
+        c = self.config
+        if c.inference.enabled and not c.inference.detector and self.modelsync is None:
+            log.warning(
+                "no detector configured ([inference] detector): captures are passed on unanalysed"
+            )
+        if self.uploader is None:
+            log.warning(
+                "no upload endpoint ([[upload.endpoints]]): captures stay in the buffer, "
+                "up to storage.quota_bytes"
+            )
 
     def stop(self) -> None:
         self.supervisor.stop()
@@ -333,8 +343,11 @@ class Station:
         if link is None:
             raise LookupError(f"unit {unit_id!r} has not been seen on serial or MQTT")
         kind = body.get("command")
+        retain = False
         if kind == "config":
-            fields = {k: v for k, v in body.items() if k != "command"}
+            fields = {k: v for k, v in body.items() if k not in ("command", "retain")}
+            # MQTT: kept at the broker for a unit that subscribes later (the power manager's)
+            retain = bool(body.get("retain", False))
             fields.setdefault("station_time_ms", int(time.time() * 1000))
             msg: p.Message = p.Config(**fields)
             msg.validate()
@@ -346,11 +359,43 @@ class Station:
         else:
             raise ValueError(f"command {kind!r} is not config, capture_now or sleep_now")
         if isinstance(link, MqttIngest):
-            link.send(unit_id, msg)
+            link.send(unit_id, msg, retain=retain)
         else:
             link.send(msg)
         log.info("sent %s to unit %s", msg.TYPE.name, unit_id)
         return {"sent": msg.TYPE.name, "unit_id": unit_id}
+
+
+class ActivitySummary:
+    """The periodic one-line "what the station did" log line."""
+
+    def __init__(self, store: Store, interval_s: float, clock: Callable[[], float] = time.time):
+        self.store = store
+        self.interval_s = interval_s
+        self.clock = clock
+        self.since = clock()
+        self.analysed = 0  # counted as analyses commit: the state moves on before we look
+
+    def count_analysed(self, capture_id: str, detections: list) -> None:
+        self.analysed += 1
+
+    def maybe_log(self) -> None:
+        now = self.clock()
+        if not self.interval_s or now - self.since < self.interval_s:
+            return
+        done = self.store.activity_since(self.since)
+        pending = self.store.queue_summary()["pending"]
+        log.info(
+            "last %.0f min: stored %d, analysed %d, uploaded %d, failed %d; %d pending",
+            (now - self.since) / 60,
+            done["received"],
+            self.analysed,
+            done["uploaded"],
+            done["failed"],
+            pending,
+        )
+        self.since = now
+        self.analysed = 0
 
 
 class StartupError(RuntimeError):
@@ -389,7 +434,10 @@ def run_daemon(config: Config) -> int:
     interval = watchdog_interval()
     tick = min(interval, 10.0) if interval else 10.0
     last_status = ""
+    summary = ActivitySummary(station.store, config.log.summary_interval_s)
+    station.on_analysed(summary.count_analysed)
     while not stop.wait(tick):
+        summary.maybe_log()
         healthy = station.supervisor.healthy()
         if interval and healthy:
             notify("WATCHDOG=1")

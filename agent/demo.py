@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import requests
 
@@ -38,13 +38,14 @@ DEMO_MODEL = Path(__file__).resolve().parents[1] / "models" / "fixtures" / "scen
 
 
 class _Progress:
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, stream: TextIO) -> None:
         self.total = total
         self.done = 0
         self.lock = threading.Lock()
+        self.stream = stream  # stderr under --json: stdout carries only the JSON document
 
     def line(self, text: str) -> None:
-        print(text, flush=True)
+        print(text, file=self.stream, flush=True)
 
     def stored(
         self, path: str, unit: str, capture_id: str, size: int, ms: float, outcome: str
@@ -60,7 +61,7 @@ class _Progress:
 def run_demo(captures: int = 12, as_json: bool = False, keep: bool = False) -> int:
     captures = max(1, captures)
     workdir = Path(tempfile.mkdtemp(prefix="fieldstation-demo-"))
-    progress = _Progress(captures)
+    progress = _Progress(captures, sys.stderr if as_json else sys.stdout)
     say = progress.line
     broker: PrivateBroker | None = None
     if shutil.which("mosquitto"):
@@ -109,7 +110,7 @@ check_on_start = false
         "<demo>",
     )
     say("WildCAM field station demo")
-    say(f"  data folder   {workdir}")
+    say(f"  data folder   {workdir} ({'kept' if keep else 'deleted at exit; --keep keeps it'})")
     say(f"  serial        virtual unit on pseudo-terminal {serial_link.slave_path}")
     mqtt_line = f"private mosquitto on 127.0.0.1:{broker.port}" if broker else "off (no mosquitto)"
     say(f"  mqtt          {mqtt_line}")
@@ -207,7 +208,7 @@ check_on_start = false
         if cloud:
             summary["all_uploaded"] = summary["cloud"]["captures"] == len(results)
             summary["all_stored"] = summary["all_stored"] and summary["all_uploaded"]
-        _print_summary(summary, say)
+        _print_summary(summary, say, keep=keep)
         if as_json:
             print(json.dumps(summary, indent=2, default=str))
         return 0 if summary["all_stored"] else 1
@@ -314,7 +315,7 @@ def _detection_counts(station: Station) -> dict[str, int]:
     return out
 
 
-def _print_summary(s: dict[str, Any], say: Say) -> None:
+def _print_summary(s: dict[str, Any], say: Say, *, keep: bool) -> None:
     say("\nsummary")
     say(
         f"  captures      {s['captures_acknowledged']}/{s['captures_sent']} acknowledged after a durable commit"
@@ -323,7 +324,8 @@ def _print_summary(s: dict[str, Any], say: Say) -> None:
         say(
             f"    {path:<8} sent {v['sent']:>3}  acknowledged {v['acknowledged']:>3}  in buffer {v['in_buffer']:>3}"
         )
-    say(f"  buffer        {s['buffer']} ({s['stored_image_bytes'] / 1024:.0f} KiB of JPEGs)")
+    where = s["buffer"] if keep else "the data folder (deleted at exit; --keep keeps it)"
+    say(f"  buffer        {s['stored_image_bytes'] / 1024:.0f} KiB of JPEGs in {where}")
     states = ", ".join(f"{k} {v['count']}" for k, v in s["queue"].items() if v["count"])
     say(f"  by state      {states}")
     say(f"  units         {', '.join(s['units'])}")

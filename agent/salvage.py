@@ -16,7 +16,7 @@ import logging
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,13 +24,35 @@ from typing import Any
 from agent.capture import Capture
 from agent.config import load_config
 from agent.install import station_data_dir
-from agent.store import BUFFER_FILE, Store
+from agent.pagescan import PageFile, Value
+from agent.store import BUFFER_FILE, STATES, Store
 from agent.walcheck import WalFormatError, check_wal, rebuild
 
 log = logging.getLogger(__name__)
 
 # States whose captures are settled: the cloud holds them, or their bytes were dropped on purpose.
 SETTLED = ("uploaded", "evicted")
+# The captures table's first columns, for leaf cells read when its schema row does not read.
+CAPTURE_COLUMNS = (
+    "id",
+    "unit_id",
+    "unit_ref",
+    "path",
+    "sha256",
+    "size",
+    "received_at",
+    "unit_time",
+    "unit_time_kind",
+    "captured_at",
+    "trigger",
+    "meta",
+    "state",
+    "state_changed_at",
+    "empty",
+    "upload_variant",
+    "analysis",
+    "error",
+)
 # Probing past the last readable rowid stops after this many rowids in a row read nothing.
 _PROBE_GAP = 1000
 
@@ -74,10 +96,12 @@ def salvage(source: Path, store: Store) -> SalvageReport:
         conn = sqlite3.connect(f"file:{readable}?mode=ro&immutable=1", uri=True)
         conn.row_factory = sqlite3.Row
         try:
-            images = _Images(conn)
-            for row in _capture_rows(conn, report):
+            found = _Found(readable, conn)
+            for row in found.captures():
                 report.rows += 1
-                _bring_back(row, images, store, report)
+                _bring_back(row, found, store, report)
+            report.unreadable += found.unreached_rows()
+            report.problems[:0] = found.problems[:5]
         finally:
             conn.close()
     log.info("salvage of %s: %s", source, report.summary())
@@ -100,38 +124,97 @@ def _readable_copy(source: Path, tmp: Path) -> Path:
     return out
 
 
-def _capture_rows(conn: sqlite3.Connection, report: SalvageReport) -> Iterator[sqlite3.Row]:
-    """Every capture row that reads, one rowid at a time."""
-    try:
-        top = conn.execute("SELECT max(rowid) FROM captures").fetchone()[0]
-    except sqlite3.DatabaseError as exc:
-        _note(report, f"captures: highest rowid unreadable ({exc}); probing")
-        top = None
-    rowid, misses = 0, 0
-    while (top is not None and rowid < top) or (top is None and misses < _PROBE_GAP):
-        rowid += 1
-        try:
-            row = conn.execute("SELECT * FROM captures WHERE rowid = ?", (rowid,)).fetchone()
-        except sqlite3.DatabaseError as exc:
-            report.unreadable += 1
-            _note(report, f"captures rowid {rowid}: {exc}")
-            misses += 1
-            continue
-        if row is None:
-            misses += 1
-            continue
-        misses = 0
-        yield row
+class _Found:
+    """The captures and original images of a damaged file: through SQLite's B-trees where they
+    read, and from the file's leaf pages (agent/pagescan.py) for what a damaged page hides."""
 
-
-class _Images:
-    """Original images by capture id: through the index, or by scanning rowids if it is bad."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
         self.conn = conn
-        self._scanned: dict[str, bytes] | None = None
+        self.problems: list[str] = []
+        self.failed_rowids: set[int] = set()  # capture rowids SQLite could not read
+        self._columns = self._capture_columns()
+        self._pages: PageFile | None = None
+        self._scanned_images: dict[str, bytes] | None = None
+        self._scanned_rowids: set[int] = set()
+        self._top: int | None = None
+
+    def _capture_columns(self) -> list[str]:
+        try:
+            names = [r[1] for r in self.conn.execute("PRAGMA table_info(captures)")]
+        except sqlite3.DatabaseError:
+            names = []
+        return names if names[:1] == ["id"] else list(CAPTURE_COLUMNS)
+
+    def _page_file(self) -> PageFile:
+        if self._pages is None:
+            self._pages = PageFile.open(self.path)
+        return self._pages
+
+    def captures(self) -> Iterator[Mapping[str, Any]]:
+        """Every capture row that reads, once each: by rowid through SQLite, then the rest."""
+        seen: set[str] = set()
+        for row in self._by_rowid():
+            seen.add(row["id"])
+            yield row
+        if not self.failed_rowids and not self.problems:
+            return  # the tree read whole: nothing is hidden from it
+        for rowid, values in self._page_file().rows():
+            row = self._as_capture(values)
+            if row is None:
+                continue
+            self._scanned_rowids.add(rowid)
+            if row["id"] not in seen:
+                seen.add(row["id"])
+                yield row
+
+    def unreached_rows(self) -> int:
+        """Capture rowids SQLite could not read and the page scan did not find either."""
+        # without a readable highest rowid, probing past the end fails too: not rows
+        top = self._top if self._top is not None else max(self._scanned_rowids, default=0)
+        return len({r for r in self.failed_rowids if r <= top} - self._scanned_rowids)
+
+    def _by_rowid(self) -> Iterator[sqlite3.Row]:
+        try:
+            top = self.conn.execute("SELECT max(rowid) FROM captures").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            self.problems.append(f"captures: highest rowid unreadable ({exc})")
+            top = None
+        self._top = top
+        rowid, misses = 0, 0
+        while (top is not None and rowid < top) or (top is None and misses < _PROBE_GAP):
+            rowid += 1
+            try:
+                row = self.conn.execute(
+                    "SELECT * FROM captures WHERE rowid = ?", (rowid,)
+                ).fetchone()
+            except sqlite3.DatabaseError as exc:
+                self.failed_rowids.add(rowid)
+                if len(self.problems) < 5:
+                    self.problems.append(f"captures rowid {rowid}: {exc}")
+                misses += 1
+                continue
+            if row is None:
+                misses += 1
+                continue
+            misses = 0
+            yield row
+
+    def _as_capture(self, values: list[Value]) -> dict[str, Any] | None:
+        """A leaf cell's values as a capture row, if that is what they are."""
+        cols = self._columns
+        if not len(CAPTURE_COLUMNS) <= len(values) <= len(cols):
+            return None
+        row = dict(zip(cols, values + [None] * (len(cols) - len(values)), strict=True))
+        sha = row.get("sha256")
+        if not isinstance(row.get("id"), str) or not isinstance(sha, str) or len(sha) != 64:
+            return None
+        if row.get("state") not in STATES or row.get("path") not in ("serial", "mqtt", "http"):
+            return None
+        return row
 
     def original(self, capture_id: str) -> bytes | None:
+        """The capture's original JPEG: through the index, else from the leaf pages."""
         try:
             row = self.conn.execute(
                 "SELECT jpeg FROM images WHERE capture_id = ? AND variant = 'original'",
@@ -141,34 +224,31 @@ class _Images:
                 return bytes(row[0])
         except sqlite3.DatabaseError:
             pass
-        return self._scan().get(capture_id)
+        return self._images().get(capture_id)
 
-    def _scan(self) -> dict[str, bytes]:
-        if self._scanned is None:
-            self._scanned = {}
-            try:
-                top = self.conn.execute("SELECT max(id) FROM images").fetchone()[0] or 0
-            except sqlite3.DatabaseError:
-                top = 0
-            for rowid in range(1, top + 1):
-                try:
-                    row = self.conn.execute(
-                        "SELECT capture_id, variant, jpeg FROM images WHERE id = ?", (rowid,)
-                    ).fetchone()
-                except sqlite3.DatabaseError:
-                    continue
-                if row is not None and row["variant"] == "original":
-                    self._scanned[row["capture_id"]] = bytes(row["jpeg"])
-        return self._scanned
+    def _images(self) -> dict[str, bytes]:
+        if self._scanned_images is None:
+            self._scanned_images = {}
+            for _rowid, values in self._page_file().rows():
+                # images: id (the rowid, stored as NULL), capture_id, variant, bytes, jpeg
+                if (
+                    len(values) == 5
+                    and values[0] is None
+                    and isinstance(values[1], str)
+                    and values[2] == "original"
+                    and isinstance(values[4], bytes)
+                ):
+                    self._scanned_images.setdefault(values[1], values[4])
+        return self._scanned_images
 
 
-def _bring_back(row: sqlite3.Row, images: _Images, store: Store, report: SalvageReport) -> None:
+def _bring_back(row: Mapping[str, Any], found: _Found, store: Store, report: SalvageReport) -> None:
     capture_id = str(row["id"])
     if row["state"] in SETTLED:
         report.settled += 1
         return
     try:
-        jpeg = images.original(capture_id)
+        jpeg = found.original(capture_id)
     except sqlite3.DatabaseError as exc:
         jpeg = None
         _note(report, f"image of {capture_id}: {exc}")

@@ -607,7 +607,8 @@ class Store:
     ) -> list[sqlite3.Row]:
         """Newest first (the station page): optionally of one unit, with one label, in one state,
         or received after a time."""
-        where, args = ["1 = 1"], []  # type: list[str], list[object]
+        where: list[str] = ["1 = 1"]
+        args: list[object] = []
         if unit_id:
             where.append("unit_id = ?")
             args.append(unit_id)
@@ -645,6 +646,21 @@ class Store:
                 "SELECT label, count(*) FROM detections WHERE parent_id IS NULL GROUP BY label"
             ).fetchall()
         return {r[0]: int(r[1]) for r in rows}
+
+    def activity_since(self, since: float) -> dict[str, int]:
+        """Captures received since `since`, and how many reached each state since then."""
+        with self.read() as conn:
+            received = conn.execute(
+                "SELECT count(*) FROM captures WHERE received_at >= ?", (since,)
+            ).fetchone()[0]
+            moved = dict(
+                conn.execute(
+                    "SELECT state, count(*) FROM captures WHERE state_changed_at >= ? "
+                    "GROUP BY state",
+                    (since,),
+                ).fetchall()
+            )
+        return {"received": received, **{s: moved.get(s, 0) for s in STATES if s != "received"}}
 
     def count_empty(self) -> int:
         """Captures the models found empty."""

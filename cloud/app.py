@@ -48,7 +48,8 @@ def create_app(config: CloudConfig, service: Service | None = None) -> FastAPI:
         description="Stations upload captures, detections and heartbeats, and fetch models. "
         "See cloud/API.md.",
         lifespan=lifespan,
-        docs_url="/docs",
+        # off unless asked: Swagger UI comes from a CDN, and a field laptop may have no internet
+        docs_url="/docs" if config.server.docs else None,
         redoc_url=None,
     )
     if service is not None:

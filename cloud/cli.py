@@ -154,15 +154,32 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--images", action="store_true", help="also copy the images")
         p.set_defaults(func=func)
 
-    check = command("check-config", "validate the config (file + environment) and print it")
+    config = sub.add_parser("config", help="check the configuration")
+    csub = config.add_subparsers(dest="config_command", required=True)
+    check = command(
+        "check", "validate the config (file + environment) and print it, secrets masked", csub
+    )
     check.set_defaults(func=cmd_check_config)
     return parser
 
 
-def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+class NoDatabase(Exception):
+    """A command that reads the cloud's records was pointed at a folder that holds none."""
+
+
+def _open(args: argparse.Namespace, *, create: bool = False):  # type: ignore[no-untyped-def]
+    """The service over the configured database; only commands that create records (`serve`,
+    `stations add`, `stations admin-token`, `models publish`) may create an empty one."""
     from cloud.service import Service
 
-    return Service.open(_config(args))
+    config = _config(args)
+    url = config.database_url()
+    if not create and url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
+        raise NoDatabase(
+            f"no cloud database in {config.data_path} ({url[len('sqlite:///') :]} does not exist); "
+            "is --data-dir right? `fieldstation-cloud serve` or `stations add` creates one"
+        )
+    return Service.open(config)
 
 
 def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -193,7 +210,7 @@ def cmd_stations_add(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    service = _open(args)
+    service = _open(args, create=True)
     try:
         lat, lon = args.location or (None, None)
         created = service.db.add_station(args.station_id, lat, lon)
@@ -269,7 +286,7 @@ def cmd_stations_locate(args: argparse.Namespace) -> int:
 def cmd_admin_token(args: argparse.Namespace) -> int:
     from cloud.auth import issue_token
 
-    service = _open(args)
+    service = _open(args, create=True)
     try:
         service.db.revoke_tokens("admin")
         token = issue_token(service.db, None, role="admin")
@@ -409,7 +426,7 @@ def cmd_models_publish(args: argparse.Namespace) -> int:
     if not args.package_path.is_file():
         print(f"error: {args.package_path}: no such file", file=sys.stderr)
         return 1
-    service = _open(args)
+    service = _open(args, create=True)
     try:
         entry = publish_model(service.db, service.store, args.package_path, args.name, args.version)
     except ValueError as exc:
@@ -427,7 +444,7 @@ def _publish_signed(args: argparse.Namespace) -> int:
     from agent.modelsync.artifact import ArtifactError
     from cloud.models import PublishError, publish_package
 
-    service = _open(args)
+    service = _open(args, create=True)
     try:
         release = publish_package(
             service.db,
@@ -533,6 +550,9 @@ def main(argv: list[str] | None = None) -> int:
         return func(args)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NoDatabase as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -47,6 +47,11 @@ class ServerConfig:
     shutdown_timeout: int = opt(
         10, help="seconds uvicorn waits for open requests after SIGTERM", min=0, max=3600
     )
+    docs: bool = opt(
+        False,
+        help="serve the browsable API page at /docs (its Swagger UI loads from a CDN, so it "
+        "needs the internet); /openapi.json is always served",
+    )
 
     def check(self) -> Iterator[tuple[str, str]]:
         if _listen_parts(self.listen) is None:

@@ -14,10 +14,13 @@ from agent.daemon import Station
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    """--hil-port / --hil-firmware: run tests/hil against a real board (see esp32/README.md)."""
+    """--hil-port / --hil-firmware: tests/hil against a real board (see esp32/README.md);
+    --chaos-minutes / --chaos-seed / --e2e-report: tests/e2e (README: End-to-end and chaos)."""
+    from tests.e2e.options import add_e2e_options
     from tests.hil.rig import add_hil_options
 
     add_hil_options(parser)
+    add_e2e_options(parser)
 
 
 @pytest.fixture(scope="session")

@@ -122,6 +122,13 @@ class HttpSection:
 @dataclass(frozen=True)
 class LogSection:
     level: str = opt("info", help="log level", choices=["debug", "info", "warning", "error"])
+    summary_interval_s: float = opt(
+        300.0,
+        help="how often the log says what the station did (stored, analysed, uploaded, failed); "
+        "0: never",
+        min=0,
+        max=86400,
+    )
 
 
 def secret_file_problems(key: str, path: str) -> Iterator[tuple[str, str]]:

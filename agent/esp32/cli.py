@@ -21,7 +21,9 @@ def cmd_flash(args: argparse.Namespace) -> int:
     from agent.esp32.flash import flash
 
     try:
-        flash(args.port, Path(args.firmware), args.chip, baud=args.baud)
+        if not args.port and not args.dry_run:
+            return _err("--port is needed (or --dry-run to only check the firmware)")
+        flash(args.port or "", Path(args.firmware), args.chip, baud=args.baud, dry_run=args.dry_run)
     except FlashError as exc:
         return _err(str(exc))
     return 0
@@ -135,9 +137,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             station=args.station,
             count=args.count,
             duration=args.duration,
+            prefix=args.prefix,
+            unit_id=args.unit_id,
         )
     except (ValueError, FileNotFoundError, FileExistsError, ConnectionError) as exc:
         return _err(str(exc))
+
+
+PORT_HELP = (
+    "serial port, e.g. /dev/ttyUSB0 or a /dev/serial/by-id path; virtual:PATH is a virtual "
+    "unit's flash image file (tests, rehearsals)"
+)
+CHIP_HELP = "esp32 or esp32s3; auto (default) reads it from the unit"
 
 
 def add_subcommands(subparsers: Any) -> None:
@@ -150,24 +161,27 @@ def add_subcommands(subparsers: Any) -> None:
     f = sub.add_parser(
         "flash", help="write firmware to a unit over USB (detects the chip, verifies)"
     )
+    f.add_argument("--port", help=PORT_HELP)
+    f.add_argument("--chip", default="auto", choices=["auto", "esp32", "esp32s3"], help=CHIP_HELP)
+    f.add_argument("--baud", type=int, default=460800, help="flashing speed (default 460800)")
     f.add_argument(
-        "--port", required=True, help="serial port, e.g. /dev/ttyUSB0 or a /dev/serial/by-id path"
+        "--dry-run",
+        action="store_true",
+        help="show what would be written; with --port also check the unit's chip; write nothing",
     )
-    f.add_argument("--chip", default="auto", choices=["auto", "esp32", "esp32s3"])
-    f.add_argument("--baud", type=int, default=460800)
     f.add_argument(
         "firmware", help="ESP-IDF build folder (with flasher_args.json) or a merged .bin"
     )
     f.set_defaults(func=cmd_flash)
 
     c = sub.add_parser("configure", help="write a unit's settings (NVS partition)")
-    c.add_argument("--port", help="serial port of the unit (not needed with --dry-run)")
-    c.add_argument("--chip", default="auto", choices=["auto", "esp32", "esp32s3"])
+    c.add_argument("--port", help=PORT_HELP + " (not needed with --dry-run)")
+    c.add_argument("--chip", default="auto", choices=["auto", "esp32", "esp32s3"], help=CHIP_HELP)
     c.add_argument("--unit-id", required=True, help="lowercase id, e.g. cam-north-01")
     c.add_argument(
         "--transport", choices=["serial", "mqtt"], help="default: mqtt when --mqtt-uri is given"
     )
-    c.add_argument("--wifi-ssid")
+    c.add_argument("--wifi-ssid", help="Wi-Fi network the unit joins (MQTT transport)")
     c.add_argument("--wifi-password-file", help="file whose first line is the Wi-Fi password")
     c.add_argument("--mqtt-uri", help="e.g. mqtt://192.168.4.1:1883")
     c.add_argument("--station", help="station id (MQTT topic level)")
@@ -179,7 +193,9 @@ def add_subcommands(subparsers: Any) -> None:
     c.add_argument("--no-pir", action="store_true", help="do not wake on the PIR sensor")
     c.add_argument("--quiet", help="quiet period in local time, e.g. 20:00-06:00")
     c.add_argument("--tz-offset", type=int, default=0, help="local time minus UTC, minutes")
-    c.add_argument("--chunk-size", type=int, default=4096)
+    c.add_argument(
+        "--chunk-size", type=int, default=4096, help="JPEG bytes per protocol chunk (default 4096)"
+    )
     c.add_argument(
         "--partitions", help="partition table (.csv or .bin) instead of reading the unit's"
     )
@@ -196,12 +212,17 @@ def add_subcommands(subparsers: Any) -> None:
     i.add_argument(
         "--all", action="store_true", help="list every serial port, not only USB-UART bridges"
     )
-    i.add_argument("--json", action="store_true")
+    i.add_argument("--json", action="store_true", help="print the units as JSON")
     i.set_defaults(func=cmd_inventory)
 
     m = sub.add_parser("monitor", help="print a unit's log lines and protocol frames")
-    m.add_argument("--port", required=True)
-    m.add_argument("--baud", type=int, default=115200)
+    m.add_argument("--port", required=True, help=PORT_HELP)
+    m.add_argument(
+        "--baud",
+        type=int,
+        default=921600,
+        help="UART speed (default 921600, the station's serial.baudrate; USB CDC ignores it)",
+    )
     m.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds")
     m.set_defaults(func=cmd_monitor)
 
@@ -213,7 +234,13 @@ def add_subcommands(subparsers: Any) -> None:
     link.add_argument("--mqtt", metavar="URL", help="broker, e.g. mqtt://127.0.0.1:1883")
     s.add_argument("--images", required=True, help="folder of .jpg files the cameras 'see'")
     s.add_argument("--rate", type=float, default=6.0, help="captures per minute per unit")
-    s.add_argument("--units", type=int, default=1)
+    s.add_argument("--units", type=int, default=1, help="how many virtual units (default 1)")
+    s.add_argument(
+        "--prefix",
+        help="unit ids are PREFIX-01, PREFIX-02, ... (default sim-<4 random hex digits>, so two "
+        "simulators never share ids or MACs)",
+    )
+    s.add_argument("--unit-id", help="the id of the one simulated unit (with --units 1)")
     s.add_argument("--station", default="station", help="station id for MQTT topics")
     s.add_argument("--count", type=int, default=0, help="stop after this many captures per unit")
     s.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds")

@@ -349,10 +349,14 @@ def flash(
     chip: str = "auto",
     *,
     baud: int = 460800,
+    dry_run: bool = False,
     say: Callable[[str], None] = print,
     target_factory: Callable[[str, str, int], FlashTarget] = open_target,
 ) -> Firmware:
-    """Detect the chip, check the firmware is for it, write with verify, reset."""
+    """Detect the chip, check the firmware is for it, write with verify, reset.
+
+    `dry_run`: say what would be written and check the chip (when a port is given), write nothing.
+    """
     firmware = load_firmware(firmware_path)
     if chip != "auto" and chip != firmware.chip:
         raise WrongChipError(
@@ -361,6 +365,11 @@ def flash(
     say(
         f"firmware  {firmware.source}  ({firmware.chip}, {len(firmware.parts)} parts, {firmware.size // 1024} KiB)"
     )
+    if dry_run and not port:
+        for off, data, name in firmware.parts:
+            say(f"would write {off:#08x}  {len(data):>8} bytes  {name}")
+        say("dry run   nothing written (give --port to check the unit's chip too)")
+        return firmware
     target = target_factory(port, chip, baud)
     try:
         say(f"unit      {target.port}  chip {target.chip}  MAC {target.mac}")
@@ -369,6 +378,12 @@ def flash(
                 f"this firmware is built for {firmware.chip} but the unit on {port} is an {target.chip}: "
                 f"build with `idf.py set-target {target.chip}` or pick the {target.chip} build"
             )
+        if dry_run:
+            for off, data, name in firmware.parts:
+                say(f"would write {off:#08x}  {len(data):>8} bytes  {name}")
+            target.reset()  # probing put it in the bootloader: back to its firmware
+            say("dry run   nothing written; the unit and the firmware match")
+            return firmware
         for off, data, name in firmware.parts:
             say(f"write     {off:#08x}  {len(data):>8} bytes  {name}")
         target.write_flash([(off, data) for off, data, _ in firmware.parts], firmware)

@@ -127,6 +127,7 @@ class CoreVirtualUnit(VirtualUnit):
         self.rssi_dbm = 0
         self._epoch_offset_ms: int | None = None
         self.sleeps: list[Sleep] = []
+        self.duplicate_acks = 0
         self.log_lines: list[str] = []
         self._events: list[p.Message] = []
         self._replies: list[p.Ack | p.Nak] = []
@@ -411,6 +412,8 @@ class CoreVirtualUnit(VirtualUnit):
                 self.capture_requests += 1
             elif isinstance(msg, p.SleepNow):
                 self.asleep_for = msg.duration_s
+            if isinstance(msg, p.Ack) and msg.status == 1:
+                self.duplicate_acks += 1  # the station already held this capture id
             if isinstance(msg, (p.Ack, p.Nak)):
                 self._replies.append(msg)
             else:

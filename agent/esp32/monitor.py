@@ -70,7 +70,7 @@ def describe(frame: p.Frame) -> str:
 
 def monitor(
     port: str,
-    baud: int = 115200,
+    baud: int = 921600,  # the station's serial.baudrate: the protocol and the log share the UART
     duration: float = 0.0,
     say: Callable[[str], None] = print,
 ) -> int:

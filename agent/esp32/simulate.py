@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from agent import protocol as p
+from agent.esp32.host_unit import CoreVirtualUnit
 from agent.esp32.units import virtual_unit
 from agent.esp32.virtual import MqttUnitLink, PtySerialLink, UnitLink, VirtualUnit, load_images
 
@@ -23,6 +25,12 @@ class SimTotals:
     cycles: int = 0
     acked: int = 0
     failed: int = 0
+    duplicates: int = 0  # acknowledged, but the station already held that unit's capture id
+
+
+def default_prefix() -> str:
+    """sim-<4 hex>: two simulators started side by side never share unit ids (nor MACs)."""
+    return f"sim-{secrets.token_hex(2)}"
 
 
 def parse_mqtt_url(url: str) -> tuple[str, int]:
@@ -55,11 +63,19 @@ def make_units(
     station: str,
     images: list[bytes],
     prefix: str = "sim",
+    unit_id: str | None = None,
     say: Callable[[str], None] = print,
+    clock: Callable[[], float] = time.time,
 ) -> list[VirtualUnit]:
+    if unit_id and units != 1:
+        raise ValueError("--unit-id names one unit; use --prefix with --units")
     out: list[VirtualUnit] = []
+    # numbered from the clock, as a unit's NVS counter would have moved on: a rerun with the
+    # same ids sends new capture ids rather than ones the station already holds
+    first = int(clock()) & 0x3FFFFFFF
     for i in range(units):
-        unit_id = f"{prefix}-{i + 1:02d}"
+        unit_id_i = unit_id or f"{prefix}-{i + 1:02d}"
+        p.check_unit_id(unit_id_i)
         link: UnitLink
         if serial:
             path = serial if units == 1 or serial == "auto" else f"{serial}{i}"
@@ -67,8 +83,8 @@ def make_units(
         else:
             assert mqtt
             host, port = parse_mqtt_url(mqtt)
-            link = MqttUnitLink(host, port, station, unit_id)
-        unit = virtual_unit(unit_id, link, chunk_size=4096, images=images)
+            link = MqttUnitLink(host, port, station, unit_id_i)
+        unit = virtual_unit(unit_id_i, link, chunk_size=4096, images=images, first_capture_id=first)
         out.append(unit)
     return out
 
@@ -88,25 +104,26 @@ def run_unit(
     unit.hello()
     while not stop.is_set() and (count == 0 or n < count):
         t0 = time.monotonic()
-        if unit.engine == "c-core":
-            before = unit.stats["acks"]  # type: ignore[attr-defined]
-            sleep = unit.run_cycle("timer")  # type: ignore[attr-defined]
-            ok = unit.stats["acks"] > before  # type: ignore[attr-defined]
+        if isinstance(unit, CoreVirtualUnit):
+            before, dups = unit.stats["acks"], unit.duplicate_acks
+            sleep = unit.run_cycle("timer")
+            ok = unit.stats["acks"] > before
+            duplicate = unit.duplicate_acks > dups
             detail = f"sleep {sleep.seconds or 'until PIR'} s"
         else:
             res = unit.send_capture(images[n % len(images)], trigger=p.Trigger.TIMER)
             unit.poll_commands(0.1)
-            ok = res.acked
+            ok, duplicate = res.acked, res.duplicate
             detail = f"{res.attempts} attempt(s)"
         n += 1
         with lock:
             totals.cycles += 1
             totals.acked += ok
             totals.failed += not ok
+            totals.duplicates += ok and duplicate
         ms = (time.monotonic() - t0) * 1000
-        say(
-            f"  {unit.unit_id}  cycle {n:>4}  {'acked' if ok else 'NOT ACKED':9}  {ms:7.1f} ms  {detail}"
-        )
+        outcome = ("DUPLICATE" if duplicate else "acked") if ok else "NOT ACKED"
+        say(f"  {unit.unit_id}  cycle {n:>4}  {outcome:9}  {ms:7.1f} ms  {detail}")
         stop.wait(interval_s)
 
 
@@ -120,7 +137,10 @@ def simulate(
     station: str = "station",
     count: int = 0,
     duration: float = 0.0,
+    prefix: str | None = None,
+    unit_id: str | None = None,
     say: Callable[[str], None] = print,
+    clock: Callable[[], float] = time.time,
 ) -> int:
     """Run virtual units until count captures each, duration seconds, or Ctrl-C."""
     if bool(serial) == bool(mqtt):
@@ -132,8 +152,17 @@ def simulate(
         f"simulating {units} unit(s), {rate:g} capture(s)/min each, {len(images)} images from {images_dir}"
     )
     fleet = make_units(
-        serial=serial, mqtt=mqtt, units=units, station=station, images=images, say=say
+        serial=serial,
+        mqtt=mqtt,
+        units=units,
+        station=station,
+        images=images,
+        prefix=prefix or default_prefix(),
+        unit_id=unit_id,
+        say=say,
+        clock=clock,
     )
+    say("  units  " + ", ".join(f"{u.unit_id} ({u.mac})" for u in fleet))
     say(
         f"  engine {fleet[0].engine} (firmware core)"
         if fleet[0].engine == "c-core"
@@ -171,5 +200,11 @@ def simulate(
             link_path = Path(serial if units == 1 else f"{serial}{i}")
             if link_path.is_symlink():
                 os.unlink(link_path)
-    say(f"done: {totals.cycles} captures, {totals.acked} acknowledged, {totals.failed} not")
-    return 0 if totals.failed == 0 and totals.cycles > 0 else 1
+    new = totals.acked - totals.duplicates
+    say(f"done: {totals.cycles} captures, {new} acknowledged as new, {totals.failed} not")
+    if totals.duplicates:
+        say(
+            f"  {totals.duplicates} acknowledged as DUPLICATES: the station already held those "
+            "capture ids (another simulator or unit with the same id?); they were not stored again"
+        )
+    return 0 if totals.failed == 0 and totals.duplicates == 0 and totals.cycles > 0 else 1

@@ -10,17 +10,17 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import Config
-from agent.inference.card import ModelCard, parse_card
-from agent.inference.draw import draw_detections
-from agent.inference.image import ImageError
-from agent.inference.package import CARD, PackageError, load_package, read_package
-from agent.inference.pipeline import Pipeline
-from agent.inference.privacy import load_finders, upload_variant
 from agent.inference.runtime import RuntimeMissing, runtime_name
 from agent.inference.settings import models_dir, resolve_package
+
+if TYPE_CHECKING:
+    from agent.inference.card import ModelCard
+
+# the package, pipeline, privacy and drawing modules (NumPy, Pillow) are imported by the commands
+# that use them: `fieldstation --help` and `status` build this parser and must stay quick
 
 
 def add_subcommands(subparsers: Any) -> None:
@@ -93,6 +93,8 @@ def _quiet_runtime() -> Iterator[None]:
 
 
 def _candidates(folders: list[Path]) -> list[Path]:
+    from agent.inference.package import CARD
+
     found: list[Path] = []
     for folder in folders:
         if not folder.is_dir():
@@ -113,6 +115,9 @@ def _list_folders(config: Config, extra: list[Path]) -> list[Path]:
 
 def _card_of(path: Path) -> ModelCard | None:
     """The card alone (no model bytes), or None when it cannot be read."""
+    from agent.inference.card import parse_card
+    from agent.inference.package import CARD, PackageError, read_package
+
     try:
         if path.is_dir() or path.name == CARD:
             folder = path if path.is_dir() else path.parent
@@ -153,6 +158,8 @@ def find_package(ref: str, config: Config) -> Path:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
+    from agent.inference.package import PackageError, load_package, read_package
+
     config = _config(args)
     section = config.inference
     mdir = models_dir(section, Path(config.data_dir))
@@ -218,6 +225,12 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
+    from agent.inference.draw import draw_detections
+    from agent.inference.image import ImageError
+    from agent.inference.package import PackageError, load_package
+    from agent.inference.pipeline import Pipeline
+    from agent.inference.privacy import load_finders, upload_variant
+
     config = _config(args)
     section = config.inference
     mdir = models_dir(section, Path(config.data_dir))

@@ -102,10 +102,11 @@ class Option:
             return f"{value!r} is not one of {', '.join(map(repr, self.choices))}; {hint}".rstrip(
                 "; "
             )
-        if self.min is not None and not value >= self.min:  # `not >=`: NaN is refused too
-            return f"{_plain(value)} is below the minimum {_plain(self.min)}"
-        if self.max is not None and not value <= self.max:
-            return f"{_plain(value)} is above the maximum {_plain(self.max)}"
+        if isinstance(value, (int, float)):  # min and max are given for numeric keys only
+            if self.min is not None and not value >= self.min:  # `not >=`: NaN is refused too
+                return f"{_plain(value)} is below the minimum {_plain(self.min)}"
+            if self.max is not None and not value <= self.max:
+                return f"{_plain(value)} is above the maximum {_plain(self.max)}"
         return self.check(value) if self.check else None
 
 

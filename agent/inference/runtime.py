@@ -6,7 +6,12 @@ not installed (e.g. an old image pinned to NumPy 1).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -57,11 +62,34 @@ def make_interpreter(model: bytes, *, threads: int = 1, xnnpack: bool = True) ->
             module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         )
     try:
-        interpreter = module.Interpreter(**kwargs)
-        interpreter.allocate_tensors()
+        with _native_stderr_to_log():
+            interpreter = module.Interpreter(**kwargs)
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise ValueError(f"the TFLite runtime refused the model: {_first_line(exc)}") from None
     return interpreter
+
+
+@contextlib.contextmanager
+def _native_stderr_to_log() -> Iterator[None]:
+    """LiteRT's C++ prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." straight to
+    fd 2; catch fd 2 while an interpreter is made and pass its lines through our logging."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:  # a file, not a pipe: a writer can never block
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            for line in caught.read().decode(errors="replace").splitlines():
+                if line.startswith("INFO: "):
+                    log.debug("litert: %s", line.removeprefix("INFO: "))
+                elif line.strip():
+                    log.warning("litert: %s", line)
 
 
 def _first_line(exc: BaseException) -> str:

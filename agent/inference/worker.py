@@ -230,7 +230,8 @@ class InferenceWorker:
         self.power_mode = mode
 
     def _has_detector(self) -> bool:
-        return bool(self.section.detector) or bool(self.detector_source and self.detector_source())
+        # model sync follows a model: captures wait for its first version, never pass unanalysed
+        return bool(self.section.detector) or self.detector_source is not None
 
     def _skip(self, capture_id: str, reason: str) -> None:
         try:

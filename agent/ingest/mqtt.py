@@ -189,15 +189,13 @@ class MqttIngest:
             self._assemblers[unit] = asm
         return asm
 
-    def send(self, unit: str, msg: p.Message, seq: int = 0) -> None:
-        """Publish a reply or a command to a unit (ACK/NAK on …/ack, commands on …/cmd)."""
+    def send(self, unit: str, msg: p.Message, seq: int = 0, *, retain: bool = False) -> None:
+        """Publish a reply or a command to a unit (ACK/NAK on …/ack, commands on …/cmd);
+        `retain` keeps a CONFIG at the broker for a unit that subscribes later (deep sleep)."""
         client = self._client
         if client is None:
             raise ConnectionError("mqtt is not connected")
         kind = "ack" if msg.TYPE in (p.FrameType.ACK, p.FrameType.NAK) else "cmd"
-        # CONFIG is retained, so a unit that subscribes later (waking from deep sleep) still gets
-        # the latest one; one-off commands and replies are not
-        retain = msg.TYPE == p.FrameType.CONFIG
         client.publish(
             f"{self.prefix}{unit}/{kind}", p.encode_frame(msg, seq), qos=1, retain=retain
         )

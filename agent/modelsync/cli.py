@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from agent.modelsync.verify import Release, VerifyError, self_test, verify_package
 from agent.modelsync.versions import ModelVersions, PointerError
 
 
@@ -38,6 +37,9 @@ def add_model_commands(msub: Any, with_config: Any) -> None:
     status = msub.add_parser("status", help="active, previous, installed and refused versions")
     with_config(status)
     status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument(
+        "--watch", action="store_true", help="follow the running station's download on a terminal"
+    )
     status.set_defaults(func=cmd_status)
 
 
@@ -64,6 +66,9 @@ def _versions(config: Any) -> ModelVersions:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    # cryptography and the inference runtime: paid by `verify` only, not by every command's --help
+    from agent.modelsync.verify import Release, VerifyError, self_test, verify_package
+
     config = _config(args)
     s = config.modelsync
     keys = args.key or list(s.trusted_keys)
@@ -123,7 +128,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    versions = _versions(_config(args))
+    config = _config(args)
+    versions = _versions(config)
     p = versions.pointer()
     installed = versions.installed()
     records = versions.records()
@@ -132,6 +138,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "active": p.as_json() if p else None,
         "installed": installed,
         "versions": records,
+        "job": _live_job(config),  # what the running station is doing, if one answers
     }
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -148,4 +155,53 @@ def cmd_status(args: argparse.Namespace) -> int:
         if r["state"] == "installed":
             continue
         print(f"refused    {r['version']}: {r['state']}: {r['reason']}")
+    job = doc["job"]
+    if isinstance(job, dict):
+        print(f"job        {_job_line(job)}")
+        if args.watch and sys.stdout.isatty():
+            _watch(config)
     return 0
+
+
+BUSY = ("downloading", "verifying", "shadow")
+
+
+def _live_job(config: Any) -> dict[str, Any] | None:
+    """The running station's model sync job (None when no daemon answers)."""
+    import requests
+
+    host, _, port = config.http.listen.rpartition(":")
+    host = "127.0.0.1" if host.strip("[]") in ("0.0.0.0", "::", "") else host
+    try:
+        doc = requests.get(f"http://{host}:{port}/api/status", timeout=1.5).json()
+    except (requests.RequestException, ValueError):
+        return None
+    job = (doc.get("modelsync") or {}).get("job")
+    return job if isinstance(job, dict) else None
+
+
+def _job_line(job: dict[str, Any]) -> str:
+    line = f"{job.get('version')} {job.get('state')}"
+    if job.get("state") == "downloading" and job.get("size"):
+        done, size = int(job.get("bytes") or 0), int(job["size"])
+        line += f" {done / 2**20:.1f} of {size / 2**20:.1f} MiB ({done / size:.0%})"
+    if job.get("reason"):
+        line += f": {job['reason']}"
+    return line
+
+
+def _watch(config: Any, limit_s: float = 3600.0) -> None:
+    """Redraw the job line until it leaves the busy states (bounded in time)."""
+    import time
+
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        job = _live_job(config)
+        if job is None:
+            break
+        sys.stdout.write(f"\r\033[Kjob        {_job_line(job)}")
+        sys.stdout.flush()
+        if job.get("state") not in BUSY:
+            break
+        time.sleep(0.5)
+    sys.stdout.write("\n")

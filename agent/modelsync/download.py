@@ -4,7 +4,6 @@ Range after a dropped link, within a deadline and a bounded number of attempts."
 from __future__ import annotations
 
 import errno
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -153,8 +152,7 @@ def download(
                             raise VerifyError(
                                 "download", f"deadline of {deadline_s:g} s passed", retry=True
                             )
-                    f.flush()
-                    os.fsync(f.fileno())
+                    # no fsync: a part torn by a power cut fails its sha256 and is fetched again
         except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             raise _Transient(str(exc)) from None
         except OSError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -74,3 +75,10 @@ class ModelSyncSection:
             yield "model", "model sync is enabled but no model name is set"
         if self.enabled and not self.trusted_keys:
             yield "trusted_keys", "model sync is enabled but no public key is pinned"
+        for i, key in enumerate(self.trusted_keys):
+            try:
+                raw = base64.b64decode(key, validate=True)
+            except ValueError:
+                raw = b""
+            if len(raw) != 32:
+                yield f"trusted_keys[{i}]", "not an ed25519 public key (base64 of 32 bytes)"

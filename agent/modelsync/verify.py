@@ -25,11 +25,12 @@ from agent.modelsync import artifact as art
 class VerifyError(Exception):
     """A version is refused at `stage` (download, verify, selftest, shadow, probation)."""
 
-    def __init__(self, stage: str, reason: str, *, retry: bool = False) -> None:
+    def __init__(self, stage: str, reason: str, *, retry: bool = False, code: str = "") -> None:
         super().__init__(f"{stage}: {reason}")
         self.stage = stage
         self.reason = reason
         self.retry = retry  # a transient fault (link, disk): try again on the next poll
+        self.code = code  # "sha256" when the bytes are not the signed ones
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,9 @@ def verify_package(
     digest = art.file_sha256(tar)
     if digest != release.sha256:
         raise VerifyError(
-            "verify", f"sha256 is {digest}, the signed release says {release.sha256} (tampered?)"
+            "verify",
+            f"sha256 is {digest}, the signed release says {release.sha256} (tampered?)",
+            code="sha256",
         )
     message = art.signed_message(release.name, release.version, release.sha256, release.card)
     try:

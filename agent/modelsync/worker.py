@@ -218,6 +218,7 @@ class ModelSync:
                 return False
             self._set_job(release, "downloading", None)
             self.stages = {}
+            had_part = part.exists()  # a resume from before a restart may be torn (no fsync)
             counter = self._byte_counter()
             try:
                 with self._stage("download"):
@@ -231,17 +232,27 @@ class ModelSync:
                         chunk_bytes=int(s.chunk_bytes),
                         max_bytes=int(s.max_package_bytes),
                         on_bytes=counter,
-                        progress=progress,
+                        progress=progress or self._progress,
                     )
             finally:
                 self._flush_bytes()
             self._set_job(release, "verifying", None)
             work = Path(tempfile.mkdtemp(prefix="verify-", dir=self.versions.staging))
             try:
-                with self._stage("verify"):
-                    folder = verify_package(
-                        part, release, list(s.trusted_keys), work / "pkg", int(s.max_package_bytes)
-                    )
+                try:
+                    with self._stage("verify"):
+                        folder = verify_package(
+                            part, release, list(s.trusted_keys), work / "pkg",
+                            int(s.max_package_bytes),
+                        )  # fmt: skip
+                except VerifyError as exc:
+                    if exc.code == "sha256" and had_part:
+                        part.unlink(missing_ok=True)
+                        raise VerifyError(
+                            "verify", exc.reason + "; resumed from a part kept over a restart, "
+                            "fetching it whole again", retry=True,
+                        ) from None  # fmt: skip
+                    raise
                 with self._stage("selftest"):
                     package, latency_ms = self_test(
                         folder,
@@ -295,13 +306,18 @@ class ModelSync:
             w, c = self.stages.get(name, (0.0, 0.0))
             self.stages[name] = (w + time.perf_counter() - wall, c + time.thread_time() - cpu)
 
+    def _progress(self, done: int, total: int) -> None:
+        """Bytes so far in the job, for `fieldstation models status --watch`."""
+        if self.job is not None:
+            self.job["bytes"], self.job["size"] = done, total
+
     def _byte_counter(self) -> Callable[[int], None]:
         """Count downloaded bytes into the upload ledger, one commit per MiB (and at the end)."""
         pending = [0]
 
         def count(n: int) -> None:
             pending[0] += n
-            if pending[0] >= 1 << 20:
+            if pending[0] >= 8 << 20:
                 self._count_bytes(pending[0])
                 pending[0] = 0
 
@@ -510,6 +526,11 @@ class ModelSync:
                 }
             }
         }
+
+    @property
+    def report_pending(self) -> bool:
+        """A report is waiting for the link (sent on the next tick that reaches the cloud)."""
+        return self._report_due
 
     def send_report(self) -> bool:
         """POST the report; on failure it is sent again next tick (never a reason to roll back)."""

@@ -13,13 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from agent.config import Config, load_config
 from agent.install import station_data_dir
 from agent.power.history import Hold, PowerHistory
 from agent.power.settings import parse_duration
-from agent.power.worker import PowerWorker
 from agent.store import BUFFER_FILE, Store, StoreError
 
 VEDIRECT_WAIT_S = 3.0  # a Victron device sends a block every second
@@ -66,6 +63,8 @@ def _base_url(config: Config) -> str:
 
 
 def _ask_daemon(config: Config) -> dict[str, Any] | None:
+    import requests  # here, not at the top: `fieldstation --help` builds this parser
+
     try:
         r = requests.get(_base_url(config) + "/api/power", timeout=2)
     except requests.RequestException:
@@ -80,6 +79,8 @@ def _ask_daemon(config: Config) -> dict[str, Any] | None:
 
 def read_directly(config: Config, data_dir: Path) -> dict[str, Any]:
     """The power status without the daemon: read every source once, next to the stored history."""
+    from agent.power.worker import PowerWorker  # prometheus-client: only when reading directly
+
     buffer = data_dir / BUFFER_FILE
     tmp: tempfile.TemporaryDirectory[str] | None = None
     store: Store | None = None
@@ -125,6 +126,8 @@ def cmd_power(args: argparse.Namespace) -> int:
 
 
 def cmd_hold(args: argparse.Namespace) -> int:
+    import requests
+
     config = _config(args)
     try:
         seconds = parse_duration(args.duration)
@@ -195,7 +198,10 @@ def render(doc: dict[str, Any], now: float) -> str:
     if doc.get("note"):
         lines.append(f"          {doc['note']}")
     lines.append(f"reason    {doc['reason']}")
-    lines.append(f"in state  {_duration(doc['time_in_state_s'])}")
+    if doc["time_in_state_s"] is None:
+        lines.append("in state  unknown (no power history here yet)")
+    else:
+        lines.append(f"in state  {_duration(doc['time_in_state_s'])}")
     if doc.get("hold_until"):
         left = doc["hold_until"] - now
         lines.append(f"hold      NORMAL held for {_duration(max(0.0, left))} more")
@@ -268,7 +274,7 @@ def _runway_line(runway: dict[str, Any], energy: dict[str, Any]) -> str:
     if runway.get("rate_pct_per_h") is not None:
         text += f" (trend {runway['rate_pct_per_h']:+.1f} %/h)"
     if energy.get("joules_per_capture") is not None:
-        text += f"; each capture costs about {energy['joules_per_capture']:.1f} J"
+        text += f"; each capture costs about {energy['joules_per_capture']:.2g} J"
     return text
 
 

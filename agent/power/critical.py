@@ -28,8 +28,10 @@ class CriticalEpisode:
         checkpoint: Callable[[], None] | None,
         record: Callable[[str, str], None],
         run: Runner = subprocess.run,
+        started_at: float = 0.0,
     ) -> None:
         self.s = settings
+        self.started_at = started_at
         self.checkpoint = checkpoint
         self.record = record  # (kind, detail) into the power history
         self.run = run
@@ -43,6 +45,11 @@ class CriticalEpisode:
         """Do the actions if this episode has not yet; return what happened."""
         if self.done:
             return self.outcome or "done"
+        left = self.started_at + self.s.shutdown_grace_s - now
+        if self.s.shutdown_command and left > 0:
+            # just started (maybe woken by the RTC, maybe by a technician): time to hold it
+            self.outcome = f"shutdown in {left:.0f} s unless held (start-up grace)"
+            return self.outcome
         self.done = True
         if self.checkpoint is not None:
             try:
@@ -51,8 +58,6 @@ class CriticalEpisode:
                 log.error("power: database checkpoint failed: %s", exc)
         if not self.s.shutdown_command:
             self.outcome = "work stopped; no shutdown configured"
-            if self.s.wake_command:
-                self._arm_wake(now)
             return self.outcome
         if not self.s.wake_command:
             self.outcome = "shutdown refused: no wake_command to bring the station back"

@@ -124,6 +124,12 @@ class PowerSection:
         [],
         help='run once per CRITICAL episode after the wake-up is armed, e.g. ["systemctl", "poweroff"]',
     )
+    shutdown_grace_s: float = opt(
+        300.0,
+        help="after a start, CRITICAL waits this long before the shutdown (time for a hold)",
+        min=0,
+        max=86400,
+    )
     history_interval_s: float = opt(
         300.0, help="store a reading in the power history at most this often", min=1
     )

@@ -34,11 +34,17 @@ class Transition:
 class PowerStates:
     """The measured state: what the battery says, with hysteresis and dwell (holds come later)."""
 
-    def __init__(self, settings: PowerSection, now: float, initial: State = State.NORMAL) -> None:
+    def __init__(
+        self,
+        settings: PowerSection,
+        now: float,
+        initial: State = State.NORMAL,
+        reason: str = "starting",
+    ) -> None:
         self.s = settings
         self.state = initial
         self.since = now
-        self.reason = "starting"
+        self.reason = reason
         self.charging: bool | None = None
         self._charging_candidate: tuple[bool | None, float] | None = None
         self._first = True  # the first reading after a start sets the state without a dwell
@@ -71,7 +77,7 @@ class PowerStates:
         first, self._first = self._first, False
         new, why = self.target(reading.soc)
         if new == self.state:
-            if first:
+            if first and self.reason == "starting":
                 self.reason = f"charge {reading.soc:.0f}% ({reading.source})"
             return None
         if not first and now - self.since < self.s.min_dwell_s:

@@ -128,8 +128,7 @@ class PowerWorker:
         ]
         self.judge = Judge(settings.max_soc_rate_per_h, settings.stuck_after_s)
         now = clock()
-        restored, since = self._restored_state(now)
-        self.states = PowerStates(settings, since, restored)
+        self.states = PowerStates(settings, *self._restored_state(now))
         self.trend = Trend()
         for at, soc, watts in self.history.readings(now - self.trend.window_s):
             self.trend.add(at, soc, watts)
@@ -137,7 +136,7 @@ class PowerWorker:
         held = self.history.hold()
         self.hold_until: float | None = held.until if held and held.until > now else None
         self.critical = CriticalEpisode(
-            settings, checkpoint=checkpoint, record=self._event, run=run
+            settings, checkpoint=checkpoint, record=self._event, run=run, started_at=now
         )
         self._subscribers: list[Callable[[PowerState], None]] = []
         self._lock = threading.RLock()
@@ -197,12 +196,15 @@ class PowerWorker:
 
     def run(self, stop: threading.Event) -> None:
         # the loop sleeps on one event; this thread turns the station's stop into that event
-        threading.Thread(
-            target=lambda: (stop.wait(), self._wake.set()), name="power-stop", daemon=True
-        ).start()
+        def relay_stop() -> None:
+            stop.wait()
+            self._wake.set()
+
+        threading.Thread(target=relay_stop, name="power-stop", daemon=True).start()
         next_read = 0.0
         while not stop.is_set():
-            if self.monotonic() >= next_read:
+            hold_over = self.hold_until is not None and self.clock() >= self.hold_until
+            if self.monotonic() >= next_read or hold_over:
                 self.tick()
                 slower = 1.0 if self.current.measured == State.NORMAL else self.s.low_read_factor
                 next_read = self.monotonic() + self.s.read_interval_s * slower
@@ -220,14 +222,14 @@ class PowerWorker:
             try:
                 r = src.read()
             except SourceError as exc:
-                if h.error != str(exc):
+                if h.error != str(exc) and not self.observe_only:
                     log.warning("power source %s: %s", h.name, exc)
                 self.judge.failed(h, str(exc))
                 continue
             h.name = src.name
             was = h.flag
             self.judge.assess(h, r)
-            if h.flag and h.flag != was:
+            if h.flag and h.flag != was and not self.observe_only:
                 log.warning("power source %s not trusted: %s", h.name, h.error)
         reading = pick(self.health, now)
         with self._lock:
@@ -370,6 +372,7 @@ class PowerWorker:
             if via == "mqtt":
                 # retained at the broker for a unit waking later: no clock in it, it would be stale
                 body["station_time_ms"] = 0
+                body["retain"] = True
             try:
                 self.send_command(unit, body)
                 push.error = None
@@ -413,7 +416,8 @@ class PowerWorker:
             doc = cur.as_dict()
             doc["sources"] = [h.describe(now) for h in self.health]
             doc["runway"] = self.trend.runway(self.reading, self.s.battery_wh).as_dict()
-        doc["time_in_state_s"] = round(now - cur.since, 1)
+        known = not self.observe_only or bool(self.history.transitions(1))
+        doc["time_in_state_s"] = round(now - cur.since, 1) if known else None
         doc["energy"] = self.energy.per_capture()
         doc["units"] = self.units_status()
         doc["critical"] = self.critical.outcome
@@ -443,9 +447,10 @@ class PowerWorker:
         for src in self.sources:
             src.close()
 
-    def _restored_state(self, now: float) -> tuple[State, float]:
-        """The last transition's state and time, so a restart inside a hysteresis band keeps it."""
+    def _restored_state(self, now: float) -> tuple[float, State, str]:
+        """The last transition (time, state, reason): a restart inside a hysteresis band keeps it."""
         last = self.history.transitions(1)
         if not last:
-            return State.NORMAL, now
-        return State(str(last[0]["to"])), float(str(last[0]["at"]))
+            return now, State.NORMAL, "starting"
+        t = last[0]
+        return float(str(t["at"])), State(str(t["to"])), str(t["reason"])

@@ -317,6 +317,16 @@ class Uploader:
         self.chooser.succeeded(name)
         self.batches.grow()
         self.last_batch_at = now
+        left, left_bytes = self._backlog()
+        log.info(
+            "uploaded %d of %d captures (%d bytes) to %s; backlog %d captures (%d bytes)",
+            acked,
+            len(batch.items),
+            wire,
+            name,
+            left,
+            left_bytes,
+        )
         self.chooser.last_error = None
 
     def _fail_capture(self, conn: sqlite3.Connection, capture_id: str, reason: str) -> None:

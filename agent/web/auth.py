@@ -33,7 +33,9 @@ class PasswordError(ValueError):
 def hash_password(password: str, *, salt: bytes | None = None) -> str:
     """`scrypt$N$r$p$salt$hash` (base64) for a password of at least MIN_PASSWORD characters."""
     if len(password) < MIN_PASSWORD:
-        raise PasswordError(f"the password has {len(password)} characters; use {MIN_PASSWORD} or more")
+        raise PasswordError(
+            f"the password has {len(password)} characters; use {MIN_PASSWORD} or more"
+        )
     salt = salt or os.urandom(16)
     digest = hashlib.scrypt(password.encode(), salt=salt, n=N, r=R, p=P, dklen=32)
     b64 = base64.b64encode
@@ -136,7 +138,9 @@ class Sessions:
 
     def open(self, user: str) -> Session:
         now = self.clock()
-        s = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(24), now + self.lifetime_s, user)
+        s = Session(
+            secrets.token_urlsafe(32), secrets.token_urlsafe(24), now + self.lifetime_s, user
+        )
         with self._lock:
             self._drop_expired(now)
             if len(self._by_token) >= self.max_sessions:  # the oldest goes first

@@ -48,7 +48,11 @@ def add_subcommands(subparsers: Any) -> None:
     web = subparsers.add_parser("web", help="the technician's station page")
     sub = web.add_subparsers(dest="web_command", required=True)
     pw = sub.add_parser("passwd", help="set the page's password (stored as an scrypt hash)")
-    pw.add_argument("--config", type=Path, default=None, help="station TOML (for web.password_file)")
-    pw.add_argument("--file", type=Path, default=None, help="write here instead of web.password_file")
+    pw.add_argument(
+        "--config", type=Path, default=None, help="station TOML (for web.password_file)"
+    )
+    pw.add_argument(
+        "--file", type=Path, default=None, help="write here instead of web.password_file"
+    )
     pw.add_argument("--stdin", action="store_true", help="read the password from one line of stdin")
     pw.set_defaults(func=cmd_passwd)

@@ -74,7 +74,10 @@ class Flasher:
     def ports(self) -> list[dict[str, str]]:
         """USB serial ports that look like ESP32 units, then the virtual boards."""
         out = [
-            {"port": str(r["port"]), "label": f"{r['port']}  {r['usb']}  {r['by_id'] or ''}".strip()}
+            {
+                "port": str(r["port"]),
+                "label": f"{r['port']}  {r['usb']}  {r['by_id'] or ''}".strip(),
+            }
             for r in inventory_ports()
         ]
         if self.settings.virtual_boards_dir:

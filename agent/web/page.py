@@ -129,7 +129,9 @@ class StationPage:
         return [
             Route("/", guard(self.overview_page)),
             Route("/units", guard(self.units_page)),
-            Route("/units/{unit_id}/command", guard(self.unit_command, write=True), methods=["POST"]),
+            Route(
+                "/units/{unit_id}/command", guard(self.unit_command, write=True), methods=["POST"]
+            ),
             Route("/captures", guard(self.captures_page)),
             Route("/captures/{capture_id}", guard(self.capture_page)),
             Route("/captures/{capture_id}/thumb.jpg", guard(self.thumbnail)),
@@ -189,7 +191,9 @@ class StationPage:
                 self.refused.labels("csrf").inc()
                 raise Refused(
                     self._message(
-                        403, "Refused", "The form's CSRF token is missing or wrong; nothing changed."
+                        403,
+                        "Refused",
+                        "The form's CSRF token is missing or wrong; nothing changed.",
                     )
                 )
         return session
@@ -323,7 +327,9 @@ class StationPage:
             views.capture_detail, self.station, request.path_params["capture_id"]
         )
         if c is None:
-            return self._message(404, "No such capture", "The buffer holds no capture with this id.")
+            return self._message(
+                404, "No such capture", "The buffer holds no capture with this id."
+            )
         return self._render("capture.html", session, request=request, c=c, page="captures")
 
     async def config_page(self, request: Request, session: Session) -> Response:
@@ -410,7 +416,9 @@ class StationPage:
                 "ok", f"Sent {result['sent']} to {uid}; waiting for its CONFIG_REPORT to confirm."
             )
         elif body["command"] == "capture_now":
-            session.note("ok", f"Sent {result['sent']} to {uid}; its capture appears when it arrives.")
+            session.note(
+                "ok", f"Sent {result['sent']} to {uid}; its capture appears when it arrives."
+            )
         else:
             session.note("ok", f"Sent {result['sent']} to {uid} for {body['duration_s']} s.")
         return back
@@ -473,12 +481,16 @@ class StationPage:
                     "id": u["id"],
                     "status": self._part("unit_status", session, u=u),
                     "thumb": _thumb_url(u["last_capture"]),
-                    "card": None if u["id"] in known else self._part("unit_card", session, u=u, limits=CONFIG_LIMITS),
+                    "card": None
+                    if u["id"] in known
+                    else self._part("unit_card", session, u=u, limits=CONFIG_LIMITS),
                 }
                 for u in cards
             ]
         elif page == "captures":
-            cards = await asyncio.to_thread(views.captures, self.station, _filter(request), limit=48)
+            cards = await asyncio.to_thread(
+                views.captures, self.station, _filter(request), limit=48
+            )
             out["cards"] = [
                 {"id": c["id"], "sig": c["sig"], "html": self._part("capture_card", session, c=c)}
                 for c in cards

@@ -11,9 +11,7 @@ from agent.config.machinery import opt
 @dataclass(frozen=True)
 class WebSection:
     enabled: bool = opt(True, help="serve the technician's page at / on the main listener")
-    lan: bool = opt(
-        False, help="also serve the page on http.lan_listen (needs web.password_file)"
-    )
+    lan: bool = opt(False, help="also serve the page on http.lan_listen (needs web.password_file)")
     password_file: str = opt(
         "",
         help="station password hash written by `fieldstation web passwd`; "

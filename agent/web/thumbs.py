@@ -33,9 +33,7 @@ class Thumbnails:
         self._cache: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(
-        self, capture_id: str, variant: str, read: Callable[[], bytes | None]
-    ) -> bytes | None:
+    def get(self, capture_id: str, variant: str, read: Callable[[], bytes | None]) -> bytes | None:
         """The thumbnail, made from `read()` on a miss (None when there is no usable image)."""
         key = (capture_id, variant)
         with self._lock:

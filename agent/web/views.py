@@ -81,14 +81,18 @@ def overview(station: Station) -> dict[str, Any]:
         "version": st["version"],
         "uptime": ago(now - st["uptime_s"], now).replace(" ago", ""),
         "ready": ready,
-        "ready_words": "ready" if ready else f"not ready: {why}",
+        "ready_words": "every worker runs and nothing is unwell" if ready else why,
         "workers": st["workers"],
         "alarms": alarms,
         "pending": q["pending"],
         "pending_bytes": size(q["pending_bytes"]),
         "oldest": None
         if oldest is None
-        else {"id": oldest["id"], "unit": oldest["unit_id"], "age": ago(oldest["received_at"], now)},
+        else {
+            "id": oldest["id"],
+            "unit": oldest["unit_id"],
+            "age": ago(oldest["received_at"], now),
+        },
         "by_state": {s: q["by_state"][s]["count"] for s in STATES},
         "stored": size(q["stored_image_bytes"]),
         "quota": size(q["quota_bytes"]),
@@ -173,9 +177,21 @@ def _models(inf: dict[str, Any] | None, ms: dict[str, Any] | None) -> dict[str, 
             "model": ms.get("model"),
             "active": ms.get("active"),
             "probation": ms.get("probation"),
-            "job": job if isinstance(job, str) else (json.dumps(job) if job else None),
+            "job": _job_words(job) if isinstance(job, dict) else job,
         }
     return out
+
+
+def _job_words(job: dict[str, Any]) -> str:
+    """'2.1.0 downloading (40 of 120 KB), rollout r-7' from model sync's job record."""
+    words = f"{job.get('version') or 'manifest'} {job.get('state', '?')}"
+    if job.get("size"):
+        words += f" ({size(job.get('bytes', 0))} of {size(job['size'])})"
+    if job.get("reason"):
+        words += f": {job['reason']}"
+    if job.get("rollout_id"):
+        words += f", rollout {job['rollout_id']}"
+    return words
 
 
 # --- units ----------------------------------------------------------------------------------------
@@ -352,9 +368,13 @@ def capture_detail(station: Station, capture_id: str) -> dict[str, Any] | None:
         history.append(("analysed", None, "empty" if row["empty"] else "detections below"))
     for d in deliveries:
         if d["held_variant"]:
-            history.append(("uploaded", d["updated_at"], f"{d['held_variant']} held by {d['endpoint']}"))
+            history.append(
+                ("uploaded", d["updated_at"], f"{d['held_variant']} held by {d['endpoint']}")
+            )
         elif d["doubt_variant"]:
-            history.append(("in doubt", d["updated_at"], f"{d['doubt_variant']} sent to {d['endpoint']}"))
+            history.append(
+                ("in doubt", d["updated_at"], f"{d['doubt_variant']} sent to {d['endpoint']}")
+            )
     history.append((f"now {row['state']}", row["state_changed_at"], row["error"] or ""))
     card.update(
         {

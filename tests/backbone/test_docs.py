@@ -113,7 +113,14 @@ def test_config_example_shows_every_key_of_the_readme_table(tmp_path):
 
 def test_the_readme_command_list_is_fieldstation_help(tmp_path):
     r = fieldstation("--help", cwd=tmp_path)
-    helped = dict(re.findall(r"^    (\w+) +(\S.*)$", r.stdout, re.M))
+    helped: dict[str, str] = {}
+    name = ""
+    for line in r.stdout.split("options:")[0].splitlines():
+        if m := re.fullmatch(r"    (\w+) +(\S.*)", line):
+            name = m.group(1)
+            helped[name] = m.group(2)
+        elif name and re.fullmatch(r" {20,}\S.*", line):  # argparse wrapped a long help
+            helped[name] += " " + line.strip()
     text = README.read_text()
     listed = dict(re.findall(r"^\| `fieldstation (\w+)` \| (.*?) \|$", text, re.M))
     assert listed == helped

@@ -100,7 +100,8 @@ def test_check_config_reads_file_and_environment_and_hides_secrets(tmp_path):
     config = tmp_path / "cloud.toml"
     config.write_text('[limits]\nmax_items = 42\n[storage]\nsecret_access_key = "hush"\n')
     done = cli(
-        "check-config",
+        "config",
+        "check",
         "--config",
         str(config),
         env={"PATH": "/usr/bin:/bin", "FIELDSTATION_CLOUD_LIMITS_MAX_BODY_BYTES": "1234"},
@@ -113,11 +114,11 @@ def test_check_config_reads_file_and_environment_and_hides_secrets(tmp_path):
 def test_bad_config_key_names_the_key_and_line(tmp_path):
     config = tmp_path / "cloud.toml"
     config.write_text("[server]\nlisten = '127.0.0.1:1'\n\n[limits]\nmax_itemz = 3\n")
-    done = cli("check-config", "--config", str(config))
+    done = cli("config", "check", "--config", str(config))
     assert done.returncode == 2
     assert f"{config}:5: unknown key [limits] max_itemz" in done.stderr
 
 
 def test_run_cli_helper_raises_with_stderr_on_failure(tmp_path):
-    with pytest.raises(RuntimeError, match="no station"):
+    with pytest.raises(RuntimeError, match="no cloud database"):  # an empty folder: refused
         run_cli("stations", "revoke", "nobody", data_dir=tmp_path)

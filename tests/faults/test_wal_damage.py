@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.capture import Capture
+from agent.pagescan import PageFile
 from agent.scenes import scene_jpeg
 from agent.store import Store
 from agent.walcheck import FRAME_HEADER, WAL_HEADER, check_wal
@@ -223,3 +224,31 @@ def test_station_on_a_rejected_file_salvages_it_into_the_fresh_buffer(tmp_path, 
     assert raised is not None and "restored" in raised["message"]
     held = station.store.queue_summary()["by_state"]["received"]["count"]
     assert held >= CAPTURES - 5
+
+
+@pytest.fixture(scope="module")
+def whole_file(tmp_path_factory) -> bytes:
+    live = tmp_path_factory.mktemp("pages") / "buffer.db"
+    store = Store(live)
+    for i in range(CAPTURES):
+        store.add_capture(Capture("u1", str(i), "serial", scene_jpeg(i, (160, 120)), time.time()))
+    store.close()
+    return live.read_bytes()
+
+
+def test_page_scan_reads_every_row_of_a_whole_file(whole_file):
+    captures = [v for _, v in PageFile(whole_file).rows() if len(v) >= 18 and v[12] == "received"]
+    assert len({v[0] for v in captures}) == CAPTURES
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    flips=st.lists(st.tuples(st.integers(0, 10**7), st.integers(1, 255)), max_size=40),
+    cut_at=st.integers(0, 10**7),
+)
+def test_page_scan_never_crashes_on_damaged_bytes(whole_file, flips, cut_at):
+    data = bytearray(whole_file[: max(100, cut_at % (len(whole_file) + 1))])
+    for where, xor in flips:
+        data[where % len(data)] ^= xor
+    for _rowid, values in PageFile(bytes(data)).rows():
+        assert isinstance(values, list)

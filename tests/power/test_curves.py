@@ -120,11 +120,36 @@ def test_no_shutdown_when_the_wake_up_cannot_be_armed(sysfs, clock, make_worker,
     )
     w = make_worker(settings, run=run)
     sysfs.set(5)
+    clock.advance(settings.shutdown_grace_s)
     w.tick()
     clock.advance(60)
     w.tick()
     assert run.calls == [["rtcwake", "-m", "no", "-s", str(settings.wake_after_s)]]
     assert "cancelled" in (w.critical.outcome or "")
+
+
+def test_after_a_start_in_critical_a_hold_in_the_grace_keeps_it_up(
+    sysfs, clock, make_worker, sys_root
+):
+    from dataclasses import replace
+
+    from tests.power.conftest import Commands
+
+    run = Commands()
+    settings = replace(
+        power_config(sys_root, '[[power.sources]]\nkind = "sysfs"'),
+        wake_command=["rtcwake", "-m", "no", "-s", "{seconds}"],
+        shutdown_command=["systemctl", "poweroff"],
+    )
+    w = make_worker(settings, run=run)
+    sysfs.set(12)  # CRITICAL, above the hard floor: a technician just powered it up
+    assert w.tick().state == State.CRITICAL
+    assert run.calls == [] and "unless held" in (w.critical.outcome or "")
+    clock.advance(120)
+    w.hold(1800)
+    clock.advance(settings.shutdown_grace_s)
+    assert w.tick().state == State.NORMAL
+    assert run.calls == []
 
 
 def test_a_flapping_sensor_is_flagged_and_the_next_source_takes_over(

@@ -23,6 +23,12 @@ token = "t"
 [inference]
 enabled = true
 
+[modelsync]
+enabled = true
+model = "wildcam-det"
+trusted_keys = ["J0sC7FIhW0vvkfbtP5IaPTJXHlHeMvSAnVR99vJhAEM="]
+poll_interval_s = 3600
+
 [power]
 sysfs_root = "{sys_root}"
 read_interval_s = 1
@@ -41,10 +47,11 @@ def test_uploads_inference_and_model_downloads_follow_the_state(make_station, sy
     station = make_station(power_toml(sys_root))
     assert station.uploader.status()["paused"] is None
     assert station.inference.power_mode == "all"
-    assert station._power_allows("download") is True
+    assert station.modelsync.may_download() and station.modelsync.may_activate()
     sysfs.set(85, amps=-0.5)  # the sun sets: still NORMAL, not charging
     wait_for(lambda: station.power.current.charging is False, timeout=20, what="discharging")
-    assert station._power_allows("download") is False  # downloads want NORMAL and charging
+    # model downloads and activations want NORMAL and charging
+    assert not station.modelsync.may_download() and not station.modelsync.may_activate()
     sysfs.set(35, amps=-0.5)
     wait_for(lambda: station.power.current.state == "eco", timeout=20, what="ECO")
     assert "not charging" in station.uploader.status()["paused"]
@@ -123,3 +130,16 @@ def test_fieldstation_power_reads_the_sources_while_the_daemon_is_down(
     assert doc["daemon"] is False and doc["hold_until"] is not None
     # 12 % is above the hard floor (8 %), so the hold keeps NORMAL
     assert doc["state"] == "normal" and doc["measured"] == "critical"
+
+
+def test_a_hold_ends_on_time_between_two_readings(make_station, sysfs, sys_root):
+    sysfs.set(30)
+    station = make_station(
+        power_toml(sys_root).replace("read_interval_s = 1", "read_interval_s = 600")
+    )
+    wait_for(lambda: station.power.current.state == "eco", what="ECO")
+    base = f"http://{station.config.http.listen}"
+    assert requests.post(f"{base}/api/power/hold", json={"duration": "2s"}, timeout=5).ok
+    assert station.inference.power_mode == "all"
+    wait_for(lambda: station.power.current.state == "eco", timeout=10, what="the hold to end")
+    assert station.inference.power_mode == "detector_only"

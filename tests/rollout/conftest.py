@@ -10,7 +10,11 @@ from pathlib import Path
 import pytest
 
 from agent.modelsync import artifact as art
+from cloud.auth import issue_token
+from cloud.config import load_config
+from cloud.models import publish_package
 from cloud.process import CloudService
+from cloud.service import Service
 
 FIXTURES = Path(__file__).resolve().parents[2] / "models" / "fixtures"
 NAME = "wildcam-det"
@@ -47,3 +51,28 @@ def keypair(tmp_path: Path) -> tuple[Path, str]:
 def cloud(tmp_path: Path) -> Iterator[CloudService]:
     with CloudService.start(tmp_path / "cloud") as service:
         yield service
+
+
+class Operator:
+    """The operator's side of a running cloud, in this process (same database and store):
+    publishing and tokens without a command per step."""
+
+    def __init__(self, cloud: CloudService) -> None:
+        self.service = Service.open(load_config(None, data_dir=str(cloud.data_dir)))
+
+    def publish(self, folder: Path, key: Path) -> dict:
+        return publish_package(self.service.db, self.service.store, folder, key, max_bytes=1 << 30)
+
+    def station_token(self, station_id: str) -> str:
+        self.service.db.add_station(station_id)
+        return issue_token(self.service.db, station_id)
+
+    def admin_token(self) -> str:
+        return issue_token(self.service.db, None, role="admin")
+
+
+@pytest.fixture
+def operator(cloud: CloudService) -> Iterator[Operator]:
+    op = Operator(cloud)
+    yield op
+    op.service.close()

@@ -73,18 +73,18 @@ def _status(listen: str) -> dict | None:
         return None
 
 
-def test_sigkill_of_a_station_during_an_update_leaves_a_working_model(tmp_path, cloud, keypair):
+def test_sigkill_of_a_station_during_an_update_leaves_a_working_model(
+    tmp_path, cloud, operator, keypair
+):
     key, public = keypair
     for v in ("1.0.0", "2.0.0"):
-        cloud.cli(
-            "models", "publish", str(make_version(tmp_path / "pkgs", v)), "--sign-key", str(key)
-        )
-    token = cloud.add_station("cliff")
+        operator.publish(make_version(tmp_path / "pkgs", v), key)
+    token = operator.station_token("cliff")
     toml = fleet.station_toml(tmp_path / "cliff", "cliff", cloud, token, [public])
     config = tmp_path / "station.toml"
     config.write_text(toml)
     listen = toml.split('listen = "')[1].split('"')[0]
-    admin = cloud.admin_token()
+    admin = operator.admin_token()
     fleet.rollout(cloud, admin, "1.0.0", [{"percent": 100}])
     with (tmp_path / "station.log").open("ab") as log:
         station = _run(config, log)

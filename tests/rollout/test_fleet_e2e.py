@@ -20,18 +20,17 @@ HALF = {"creek", "marsh"}  # creek < 25 % (wave 1), marsh < 50 % (wave 2)
 
 
 @pytest.fixture
-def fleet_env(tmp_path, cloud, keypair):
+def fleet_env(tmp_path, cloud, operator, keypair):
     key, public = keypair
     for v, kw in (("1.0.0", {}), ("2.0.0", {}), ("3.0.0", {"break_golden": True}),
                   ("4.0.0", {"base": "blob-yolo-cn"})):  # fmt: skip
-        cloud.cli("models", "publish", str(make_version(tmp_path / "pkgs", v, **kw)),
-                  "--sign-key", str(key))  # fmt: skip
+        operator.publish(make_version(tmp_path / "pkgs", v, **kw), key)
     configs = {
-        sid: fleet.station_config(tmp_path / sid, sid, cloud, cloud.add_station(sid), [public])
+        sid: fleet.station_config(tmp_path / sid, sid, cloud, operator.station_token(sid), [public])
         for sid in IDS
     }
     stations = {sid: fleet.start(c) for sid, c in configs.items()}
-    yield cloud, cloud.admin_token(), configs, stations
+    yield cloud, operator.admin_token(), configs, stations
     for s in stations.values():
         s.stop()
 
@@ -96,3 +95,7 @@ def test_waves_selftest_pause_probation_rollback_and_an_offline_station(fleet_en
         st = stations[sid].modelsync.status()
         assert st["refused"]["4.0.0"]["state"] == "rolled_back"
         assert ("3.0.0" in st["refused"]) == (sid == "creek")  # only creek was offered v3
+        # every capture analysed once, across three switches of the model
+        store = stations[sid].store
+        wait_for(lambda s=store: s.count_in_states(["received"]) == 0, 30, "all analysed")
+        assert store.count_in_states(["analysed"]) == 12 and store.count_in_states(["failed"]) == 0

@@ -10,10 +10,13 @@ import itertools
 import json
 import random
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
+import requests
 
+from agent.capture import Capture
 from agent.config import parse_config
 from agent.inference.worker import InferenceWorker
 from agent.metrics import Metrics
@@ -28,6 +31,7 @@ from cloud.config import load_config
 from cloud.models import publish_package
 from cloud.process import CloudService
 from cloud.service import Service
+from tests.helpers import tmpfs
 
 from . import fleet
 from .conftest import make_version
@@ -296,3 +300,77 @@ def test_budget_windows_and_power_make_it_wait_not_fail(tmp_path, cloud_env):
     rig.sync.step()
     assert rig.running() == "2.0.0"
     assert rig.sync.versions.pointer().previous == ["1.0.0"]
+
+
+def test_a_torn_partial_download_from_before_a_restart_is_fetched_again(tmp_path, cloud_env):
+    rig = Rig(tmp_path, cloud_env).with_v1()
+    rig.publish("2.0.0")
+    rig.roll("2.0.0")
+    part = rig.sync.versions.staging / f"{rig.name}-2.0.0.part"
+    part.write_bytes(b"\0" * 1000)  # a power cut left zeros where bytes were not yet on disk
+    rig.sync.poll()
+    assert rig.sync.job["state"] == "failed" and "fetching it whole again" in rig.sync.job["reason"]
+    assert "2.0.0" not in rig.sync.versions.refused()  # not marked bad: it was our own disk
+    rig.sync.poll()
+    assert rig.running() == "2.0.0", rig.sync.job
+
+
+def test_the_report_rides_in_the_heartbeat_and_a_failed_report_changes_nothing(tmp_path, cloud_env):
+    rig = Rig(tmp_path, cloud_env).with_v1()  # poll() activates; no report has gone yet
+    live = rig.sync.source
+    rig.sync.source = dataclasses.replace(live, url=f"http://127.0.0.1:{fleet.free_port()}")
+    assert rig.sync.send_report() is False  # no link
+    rig.sync.step()  # a tick without a link: the model stays, the report waits
+    assert rig.running() == "1.0.0" and rig.sync.report_pending
+    state = {s["station_id"]: s["state"] for s in ro.status(rig.service.db, rig.name)["stations"]}
+    assert state[rig.sid] == "pending"
+    beat = {"station_id": rig.sid, "time": 1.0, "modelsync": rig.sync.report()}
+    r = requests.post(f"{live.url}/v1/heartbeat", json=beat, headers=live.headers, timeout=10)
+    assert r.status_code == 200, r.text
+    state = {s["station_id"]: s["state"] for s in ro.status(rig.service.db, rig.name)["stations"]}
+    assert state[rig.sid] == "active"
+
+
+def test_captures_wait_for_the_first_version_instead_of_passing_unanalysed(tmp_path, cloud_env):
+    rig = Rig(tmp_path, cloud_env)
+    added = rig.store.add_capture(
+        Capture("cam-1", "1", "http", fleet.scene(fleet.ANIMAL_SEEDS[0]), time.time())
+    )
+    assert rig.inference.run_once() == 0
+    assert rig.store.get_capture(added.capture_id)["state"] == "received"
+    rig.with_v1()
+    assert rig.inference.run_once() == 1
+    assert rig.store.get_capture(added.capture_id)["state"] == "analysed"
+
+
+def test_a_full_disk_during_download_is_reported_and_cleaned_up(tmp_path, cloud_env):
+    with tmpfs(tmp_path / "disk", "3m") as disk:
+        rig = Rig(disk, cloud_env).with_v1()
+        folder = make_version(tmp_path / "big", "2.0.0", name=rig.name)
+        (folder / "notes.bin").write_bytes(random.Random("full").randbytes(4 << 20))
+        publish_package(rig.service.db, rig.service.store, folder, rig.key, max_bytes=1 << 30)
+        rig.roll("2.0.0")
+        assert rig.fails("2.0.0") == "download: disk full"
+        assert not list(rig.sync.versions.staging.iterdir())  # the partial file is gone
+        assert "2.0.0" not in rig.sync.versions.refused()  # retried when there is room
+        rig.store.close()
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        ((False, 0.0, False), "probation: 5 of 5 captures failed in inference"),
+        ((True, 9.0, True), "probation: 9000 ms per capture, over 2000 ms"),
+    ],
+)
+def test_probation_rolls_back_on_inference_errors_and_latency(tmp_path, cloud_env, record, reason):
+    rig = Rig(tmp_path, cloud_env).with_v1()
+    rig.publish("2.0.0")
+    rig.roll("2.0.0")
+    rig.sync.poll()
+    assert rig.running() == "2.0.0" and rig.sync.versions.pointer().probation
+    for _ in range(5):  # what the inference worker records per capture it ran on 2.0.0
+        rig.inference.recent.append((f"{rig.name}@2.0.0", *record))
+    rig.sync.check_probation()
+    assert rig.running() == "1.0.0"
+    assert rig.sync.versions.refused()["2.0.0"] == ("rolled_back", reason)
