@@ -53,7 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    from agent.preflight import as_config_error, package_findings, startup_findings
+    from agent.preflight import as_config_error, device_notes, package_findings, startup_findings
 
     try:
         config = load_config(args.file, required=True)
@@ -69,8 +69,15 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         ]
         print(json.dumps({"file": str(args.file), "ok": False, "problems": problems}, indent=2))
         return 2
+    notes = [{"key": n.key, "note": n.reason} for n in device_notes(config)]
     if args.json:
-        doc = {"file": str(args.file), "ok": True, "problems": [], "config": config.as_dict()}
+        doc = {
+            "file": str(args.file),
+            "ok": True,
+            "problems": [],
+            "notes": notes,
+            "config": config.as_dict(),
+        }
         print(json.dumps(doc, indent=2, default=str))
         return 0
     print(f"{args.file}: ok")
@@ -81,6 +88,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     print(f"  mqtt        {mqtt if config.mqtt.enabled else 'off'}")
     lan = f", LAN intake {config.http.lan_listen}" if config.http.lan_listen else ""
     print(f"  http        {config.http.listen}{lan}")
+    for note in notes:
+        print(f"  note        {note['key']}: {note['note']}")
     return 0
 
 

@@ -132,6 +132,18 @@ def package_findings(config: Config) -> Iterator[Finding]:
         yield Finding("inference.face_models/body_models/person_mask", str(exc))
 
 
+def device_notes(config: Config) -> Iterator[Finding]:
+    """Serial ports that are absent now: not a fault (a unit may be unplugged; `run` retries and
+    raises an alarm), but worth saying when the config is checked."""
+    for i, port in enumerate(config.serial.ports):
+        if not Path(port).exists() and not port.startswith(("socket://", "rfc2217://")):
+            yield Finding(
+                f"serial.ports[{i}]",
+                f"{port} does not exist now (unit unplugged?); the station retries every "
+                f"{config.serial.reopen_s:g} s and shows an alarm meanwhile",
+            )
+
+
 def startup_findings(config: Config, *, station_may_run: bool = False) -> list[Finding]:
     """What would stop `run` at once: listeners, the data folder, named files."""
     return [

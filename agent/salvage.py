@@ -108,6 +108,26 @@ def salvage(source: Path, store: Store) -> SalvageReport:
     return report
 
 
+def recover_set_aside(store: Store) -> SalvageReport | None:
+    """At start: read the captures of the file the store set aside back into it, and put the
+    counts into its database_recovered alarm. A failed salvage leaves the file for the CLI."""
+    source = store.set_aside
+    if source is None:
+        return None
+    try:
+        report = salvage(source, store)
+    except Exception as exc:
+        log.exception("salvage of %s failed", source)
+        store.raise_alarm(
+            "database_recovered",
+            f"{store.recovery_note}; salvage failed ({exc}): run "
+            f"`fieldstation buffer salvage {source}`",
+        )
+        return None
+    store.raise_alarm("database_recovered", f"{store.recovery_note}; {report.summary()}")
+    return report
+
+
 def _readable_copy(source: Path, tmp: Path) -> Path:
     """The file to read: `source` with every whole committed WAL frame applied, or a plain copy."""
     wal = source.with_name(source.name + "-wal")
@@ -156,17 +176,17 @@ class _Found:
         seen: set[str] = set()
         for row in self._by_rowid():
             seen.add(row["id"])
-            yield row
+            yield dict(row)
         if not self.failed_rowids and not self.problems:
             return  # the tree read whole: nothing is hidden from it
         for rowid, values in self._page_file().rows():
-            row = self._as_capture(values)
-            if row is None:
+            cell = self._as_capture(values)
+            if cell is None:
                 continue
             self._scanned_rowids.add(rowid)
-            if row["id"] not in seen:
-                seen.add(row["id"])
-                yield row
+            if cell["id"] not in seen:
+                seen.add(cell["id"])
+                yield cell
 
     def unreached_rows(self) -> int:
         """Capture rowids SQLite could not read and the page scan did not find either."""

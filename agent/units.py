@@ -123,7 +123,7 @@ def cmd_units_command(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         body = command_body(args)
         answer = send_command(config, args.unit_id, body)
-    except ConfigError:
+    except ConfigError:  # a ValueError too: main() reports it with its line
         raise
     except ValueError as exc:
         print(f"fieldstation units command: {exc}", file=sys.stderr)

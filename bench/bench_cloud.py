@@ -32,7 +32,6 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "cloud"))
 
 from agent.broker import free_port  # noqa: E402
 from bench.figures import Figure, at_least  # noqa: E402
@@ -256,7 +255,7 @@ def backend_env(name: str, stack: ExitStack) -> dict[str, str]:
     if name == "sqlite-nofsync":
         env["FIELDSTATION_CLOUD_STORAGE_FSYNC"] = "false"
     if name == "postgres":
-        from cloud_services import postgres_server
+        from tests.cloud.cloud_services import postgres_server
 
         pg = stack.enter_context(postgres_server())
         s3 = stack.enter_context(moto_subprocess())

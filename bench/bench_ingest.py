@@ -110,7 +110,13 @@ def raw_mqtt(blobs: list[bytes], broker: PrivateBroker, cpu: list[float] | None 
     return count[0] / dt
 
 
-def start_station(folder: Path, broker: PrivateBroker, ports: list[str]) -> tuple:
+# ingest alone: inference (bench_inference.py) would add its own commit per capture
+NO_INFERENCE = "[inference]\nenabled = false\n"
+
+
+def start_station(
+    folder: Path, broker: PrivateBroker, ports: list[str], inference: str = NO_INFERENCE
+) -> tuple:
     http = free_port()
     cfg = folder / "station.toml"
     port_list = ", ".join(f'"{x}"' for x in ports)
@@ -119,9 +125,7 @@ def start_station(folder: Path, broker: PrivateBroker, ports: list[str]) -> tupl
         f'[http]\nlisten = "127.0.0.1:{http}"\n'
         f'[mqtt]\nenabled = true\nport = {broker.port}\nclient_id = "bench-station"\n'
         f"[serial]\nports = [{port_list}]\n"
-        f'[log]\nlevel = "warning"\n'
-        # ingest alone: inference (bench_inference.py) would add its own commit per capture
-        "[inference]\nenabled = false\n"
+        f'[log]\nlevel = "warning"\n' + inference
     )
     proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(cfg)])
     for _ in range(300):
@@ -278,6 +282,44 @@ def measure(captures: int, units: int, idle_seconds: float) -> dict[str, float]:
     return results
 
 
+def rss_with_detector(captures: int) -> tuple[float, float]:
+    """The station as the demo runs it (its detector, privacy on): RSS idle, and peak under load."""
+    from agent.demo import DEMO_MODEL
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-ingest-rss-"))
+    blobs = payloads(captures)
+    inference = f'[inference]\ndetector = "{DEMO_MODEL}"\nthreads = 1\n'
+    with PrivateBroker() as broker:
+        proc, http = start_station(folder, broker, [], inference)
+        ps = psutil.Process(proc.pid)
+        try:
+            time.sleep(3)
+            idle = ps.memory_info().rss / 2**20
+            peak = [idle]
+            stop = threading.Event()
+
+            def sample() -> None:
+                while not stop.wait(0.2):
+                    peak[0] = max(peak[0], ps.memory_info().rss / 2**20)
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            drive_mqtt(broker, 4, blobs)
+            # until inference has caught up with the captures just stored
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                status = requests.get(f"http://127.0.0.1:{http}/api/status", timeout=5).json()
+                if not status.get("queue", {}).get("by_state", {}).get("received", {}).get("count"):
+                    break
+                time.sleep(0.5)
+            stop.set()
+            sampler.join(5)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    return idle, peak[0]
+
+
 def run(quick: bool) -> list[Figure]:
     r = measure(200 if quick else 1000, 8, 5.0 if quick else 60.0)
     ceiling = r["lower_ceiling_per_s"]
@@ -312,6 +354,14 @@ def run(quick: bool) -> list[Figure]:
                None, "", at_most(120, "value")),
         Figure("station idle CPU", r["idle_cpu_s_per_min"], "s/min", None, "",
                at_most(0.6, "value")),
+    ]  # fmt: skip
+    idle, load = rss_with_detector(60 if quick else 500)
+    note = "as `fieldstation demo` runs it: the demo detector, privacy finders on"
+    out += [
+        Figure("station RSS idle, detector loaded", idle, "MiB", None, "", at_most(80, "value"),
+               note),
+        Figure("station RSS under load, detector loaded", load, "MiB", None, "",
+               at_most(120, "value"), note),
     ]  # fmt: skip
     return out
 

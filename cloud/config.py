@@ -81,7 +81,9 @@ class StorageConfig:
     access_key_id: str = opt("", help="s3; empty uses boto3's default credential chain")
     secret_access_key: str = opt("", help="s3")
     connection_string: str = opt("", help="azure")
-    account_url: str = opt("", help="azure, with account_key")
+    account_url: str = opt(
+        "", help="azure; with account_key, else workload/managed identity (DefaultAzureCredential)"
+    )
     account_key: str = opt("", help="azure")
     project: str = opt("", help="gcs")
     create_bucket: bool = opt(False, help="create the bucket/container at start (emulators, demo)")

@@ -49,7 +49,9 @@ def add_subcommands(subparsers: Any) -> None:
 
     infer = subparsers.add_parser("infer", help="run a model package on JPEG files")
     with_config(infer)
-    infer.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    infer.add_argument(
+        "images", nargs="+", type=Path, metavar="IMAGE", help="JPEG files to analyse"
+    )
     infer.add_argument(
         "--model", default=None,
         help="a name `models list` shows (name or name@version), a package folder, tar or "

@@ -29,7 +29,7 @@ def add_model_commands(msub: Any, with_config: Any) -> None:
     verify.set_defaults(func=cmd_verify)
     activate = msub.add_parser("activate", help="make an installed version active now")
     with_config(activate)
-    activate.add_argument("version")
+    activate.add_argument("version", help="the version to activate, as `models status` lists it")
     activate.set_defaults(func=cmd_activate)
     rollback = msub.add_parser("rollback", help="go back to the previous version")
     with_config(rollback)

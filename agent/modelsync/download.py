@@ -88,6 +88,7 @@ def download(
     max_bytes: int,
     on_bytes: Callable[[int], None] = lambda n: None,
     progress: Progress | None = None,
+    cancelled: Callable[[], bool] = lambda: False,
 ) -> Path:
     """Download `release` into `part`, resuming what is already there; return the path.
 
@@ -148,6 +149,8 @@ def download(
                             raise VerifyError(
                                 "download", f"server sent more than {release.size} bytes"
                             )
+                        if cancelled():  # the station is stopping: resume next time
+                            raise VerifyError("download", "station stopping", retry=True)
                         if time.monotonic() - started > deadline_s:
                             raise VerifyError(
                                 "download", f"deadline of {deadline_s:g} s passed", retry=True

@@ -11,7 +11,7 @@ import hashlib
 import json
 import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,11 +208,17 @@ def shadow_run(
     active: Pipeline | None,
     captures: Iterable[tuple[str, bytes]],
     deadline_s: float,
+    busy: Callable[[], bool] = lambda: False,
 ) -> ShadowResult:
-    """Run both models on each capture; count agreement on empty/non-empty and labels."""
+    """Run both models on each capture; count agreement on empty/non-empty and labels.
+
+    While `busy()` (live captures waiting for inference) the run steps aside between captures.
+    """
     result = ShadowResult()
     started = time.monotonic()
     for capture_id, jpeg in captures:
+        while busy() and time.monotonic() - started <= deadline_s:
+            time.sleep(0.05)  # live captures first: the shadow run only uses idle time
         if time.monotonic() - started > deadline_s:
             result.cut_short = True
             break

@@ -28,7 +28,7 @@ import requests
 from agent.config import ComponentConfigError
 from agent.inference.package import PackageError
 from agent.inference.pipeline import Pipeline
-from agent.modelsync.download import Source, Unchanged, download, fetch_manifest
+from agent.modelsync.download import Progress, Source, Unchanged, download, fetch_manifest
 from agent.modelsync.settings import ModelSyncSection
 from agent.modelsync.verify import (
     Release,
@@ -103,6 +103,7 @@ class ModelSync:
         self._report_due = True
         self._lock = threading.Lock()
         self._flush_bytes: Callable[[], None] = lambda: None
+        self._stop = threading.Event()
         self._pending: tuple[Release, Path, ShadowResult] | None = None
         self.stages: dict[str, tuple[float, float]] = {}  # last install: wall and CPU seconds
         if inference is not None:
@@ -203,7 +204,7 @@ class ModelSync:
 
     # --- install: download, verify, self-test, shadow, activate ---------------------------------
 
-    def install(self, release: Release, progress: Any = None) -> bool:
+    def install(self, release: Release, progress: Progress | None = None) -> bool:
         """Take `release` through every stage; True when it became active."""
         s = self.settings
         part = self.versions.staging / f"{release.name}-{release.version}.part"
@@ -233,6 +234,7 @@ class ModelSync:
                         max_bytes=int(s.max_package_bytes),
                         on_bytes=counter,
                         progress=progress or self._progress,
+                        cancelled=self._stop.is_set,
                     )
             finally:
                 self._flush_bytes()
@@ -358,8 +360,16 @@ class ModelSync:
             except VerifyError as exc:
                 log.warning("model sync: active model unusable for the shadow run: %s", exc)
         return shadow_run(
-            candidate, active, self._recent_captures(s.shadow_captures), s.shadow_deadline_s
+            candidate,
+            active,
+            self._recent_captures(s.shadow_captures),
+            s.shadow_deadline_s,
+            busy=self.inference_busy,
         )
+
+    def inference_busy(self) -> bool:
+        """Live captures are waiting for the inference worker."""
+        return self.inference is not None and bool(self.store.captures_in_state("received", 1))
 
     def _recent_captures(self, n: int) -> list[tuple[str, bytes]]:
         """The newest `n` captures whose original image is still in the buffer."""

@@ -94,14 +94,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from agent.config import ComponentConfigError
     from agent.upload.client import EndpointError, SyncEndpoint
-    from agent.upload.worker import read_token
 
     config = _config(args)
     results = []
     for i, ep in enumerate(config.upload.endpoints):
         row: dict[str, Any] = {"name": ep.name, "url": ep.url}
         try:
-            client = SyncEndpoint(ep, read_token(ep.token, ep.token_file, f"upload.endpoints[{i}]"))
+            client = SyncEndpoint(ep, ep.bearer_token(f"upload.endpoints[{i}]"))
         except ComponentConfigError as exc:  # a token file gone since the config was checked
             row.update(ok=False, error=str(exc))
             results.append(row)

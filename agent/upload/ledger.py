@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from agent.store import Store, captures_by_value_sql
+from agent.upload.manifest import VARIANT_RANK
 
 SCHEMA_SQL = """
     CREATE TABLE upload_deliveries (
@@ -141,7 +142,12 @@ def clear_doubt(conn: sqlite3.Connection, endpoint: str, capture_id: str, at: fl
     )
 
 
-_RANK_OF = "CASE {v} WHEN 'full' THEN 3 WHEN 'blurred' THEN 2 WHEN 'thumbnail' THEN 1 ELSE 0 END"
+# manifest.VARIANT_RANK as SQL (names are our own literals); an unknown name ranks as "none"
+_RANK_OF = (
+    "CASE {v} "
+    + " ".join(f"WHEN '{name}' THEN {rank}" for name, rank in VARIANT_RANK.items())
+    + f" ELSE {VARIANT_RANK['none']} END"
+)
 
 
 def record_held(

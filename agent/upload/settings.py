@@ -51,6 +51,12 @@ class EndpointConfig:
     connect_timeout_s: float = opt(5.0, help="TCP/TLS connect timeout", min=0.1, max=120)
     read_timeout_s: float = opt(60.0, help="wait for the answer to a request", min=0.1, max=600)
 
+    def bearer_token(self, where: str) -> str:
+        """The token to send: `token_file`'s content (SecretError naming `where`) or `token`."""
+        if self.token_file:
+            return read_secret(self.token_file, f"{where}.token_file")
+        return self.token
+
 
 @dataclass(frozen=True)
 class UploadSection:

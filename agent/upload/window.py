@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 
+from agent.config import Config
 from agent.store import PENDING_STATES, Store
 from agent.upload import ledger
 from agent.upload.batch import ImageReader, Item, MissingImage, build_item, encode
@@ -143,13 +144,9 @@ class BatchWindow:
         return [r for r in w[2] if r["id"] not in exclude][: self.max_items]
 
 
-def pending_states(config: object, unanalysed: str) -> tuple[str, ...]:
+def pending_states(config: Config) -> tuple[str, ...]:
     """'received' captures go too when inference is off (or `unanalysed = "always"`)."""
-    if unanalysed == "always":
-        return PENDING_STATES
-    if unanalysed == "never":
-        return ("analysed",)
-    inference = getattr(config, "inference", None)
-    if inference is None or not getattr(inference, "enabled", True):
+    unanalysed = config.upload.unanalysed
+    if unanalysed == "always" or (unanalysed == "auto" and not config.inference.enabled):
         return PENDING_STATES
     return ("analysed",)

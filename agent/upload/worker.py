@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agent.config import ComponentConfigError, Config, read_secret
+from agent.config import Config
 from agent.metrics import Metrics
 from agent.store import Store
 from agent.upload import ledger, manifest
@@ -31,10 +31,6 @@ from agent.upload.settle import Settler
 from agent.upload.window import BatchWindow, pending_states
 
 log = logging.getLogger(__name__)
-
-
-class UploadConfigError(ComponentConfigError):
-    """The [upload] section cannot run as written (names the endpoint and the problem)."""
 
 
 class Uploader:
@@ -58,16 +54,13 @@ class Uploader:
         self.clock = clock
         self.monotonic = monotonic
         self.heartbeat = heartbeat or Heartbeat(store, self.station_id, clock=clock)
-        self.states = pending_states(config, self.settings.unanalysed)
+        self.states = pending_states(config)
         s = self.settings
-        self.endpoints: dict[str, SyncEndpoint] = {}
-        for i, ep in enumerate(s.endpoints):
-            where = f"upload.endpoints[{i}]"
-            if not ep.name or not ep.url:
-                raise UploadConfigError(f"{where}: needs both name and url")
-            if ep.name in self.endpoints:
-                raise UploadConfigError(f"{where}: endpoint name {ep.name!r} is used twice")
-            self.endpoints[ep.name] = SyncEndpoint(ep, read_token(ep.token, ep.token_file, where))
+        # names, urls and tokens were checked by the config pass; a token file may vanish since
+        self.endpoints: dict[str, SyncEndpoint] = {
+            ep.name: SyncEndpoint(ep, ep.bearer_token(f"upload.endpoints[{i}]"))
+            for i, ep in enumerate(s.endpoints)
+        }
         self.metrics = UploadMetrics(metrics.registry)
         metrics.registry.register(DoubtCollector(store))
         self.chooser = EndpointChooser(
@@ -343,11 +336,3 @@ class Uploader:
 
 def _rank(variant: str | None) -> int:
     return manifest.rank(variant)
-
-
-def read_token(token: str, token_file: str, where: str) -> str:
-    if token_file:
-        token = read_secret(token_file, f"{where}.token_file")
-    if not token:
-        raise UploadConfigError(f"{where}: needs token or token_file")
-    return token

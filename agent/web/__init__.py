@@ -3,7 +3,8 @@
 - `app`: the listeners, /healthz, /readyz, /metrics, /api/*, and the unit intake routes;
 - `settings`: the `[web]` config section; `auth`: password, sessions, CSRF, login limits;
 - `page`: the page's routes (overview, units, captures, flash, config); `views`: what they show;
-  `flashing`: the Flash page's job; `thumbs`: thumbnails; `templates/`, `static/`: what is served.
+  `forms`: reading form fields and query strings; `flashing`: the Flash page's job; `thumbs`:
+  thumbnails; `cli`: `fieldstation web passwd`; `templates/`, `static/`: what is served.
 """
 
 from __future__ import annotations

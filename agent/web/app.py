@@ -1,7 +1,8 @@
 """The station's local HTTP: health, readiness, metrics, status, and the unit intake routes.
 
 The main listener (loopback by default) serves everything; the optional LAN listener serves only
-the intake routes, so units on Wi-Fi never reach the operator endpoints.
+the intake routes, so units on Wi-Fi never reach the operator endpoints (plus the station page,
+behind its login, when web.lan says so).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ its HELLO. It drives the same functions as `fieldstation esp32 flash` and `esp32
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -15,6 +16,8 @@ from agent.esp32.configure import ConfigureError, UnitSettings, configure
 from agent.esp32.flash import VIRTUAL_PREFIX, FlashError, flash, inventory_ports
 from agent.store import Store
 from agent.web.settings import WebSection
+
+log = logging.getLogger(__name__)
 
 STEPS = ("flash firmware", "write settings", "wait for HELLO")
 
@@ -137,4 +140,9 @@ class Flasher:
         except (FlashError, ConfigureError, ValueError, OSError) as exc:
             job.error = str(exc)
             job.say(f"error: {exc}")
+            job.state = "failed"
+        except Exception as exc:  # the job's boundary: the page must never wait on a dead thread
+            log.exception("flash job on %s failed", job.port)
+            job.error = f"{type(exc).__name__}: {exc}"
+            job.say(f"error: {job.error}")
             job.state = "failed"

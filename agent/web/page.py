@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import secrets
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -23,8 +23,8 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from agent import protocol as p
 from agent.esp32.configure import ConfigureError, UnitSettings
+from agent.power.settings import parse_duration
 from agent.store import STATES
 from agent.web import views
 from agent.web.auth import (
@@ -39,6 +39,16 @@ from agent.web.auth import (
     verify_password,
 )
 from agent.web.flashing import Flasher
+from agent.web.forms import (
+    CONFIG_LIMITS,
+    HOLDS,
+    capture_filter,
+    command_body,
+    form_int,
+    known_cards,
+    safe_next,
+    thumb_url,
+)
 from agent.web.thumbs import Thumbnails
 
 if TYPE_CHECKING:
@@ -47,7 +57,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
-UNIT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
     "style-src 'self' 'unsafe-inline'; script-src 'self'; frame-ancestors 'none'; "
@@ -57,13 +66,9 @@ HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-# one-line limits the config form checks before anything is sent (the unit checks again)
-CONFIG_LIMITS = {
-    "capture_interval_s": (0, 86400, "timer interval, s (0 = PIR only)"),
-    "frame_size": (0, 30, "frame size (esp32-camera framesize_t)"),
-    "jpeg_quality": (0, 63, "JPEG quality"),
-}
-SLEEP_LIMIT_S = 7 * 86400
+
+
+Handler = Callable[[Request, Session], Awaitable[Response]]
 
 
 class Refused(Exception):
@@ -108,15 +113,16 @@ class StationPage:
     # --- routes ---------------------------------------------------------------------------------
 
     def routes(self, *, lan: bool = False) -> list[BaseRoute]:
-        def guard(handler: Any, *, write: bool = False) -> Any:
+        def guard(
+            handler: Handler, *, write: bool = False
+        ) -> Callable[[Request], Awaitable[Response]]:
             async def endpoint(request: Request) -> Response:
                 try:
                     session = await self._session(request, lan=lan, write=write)
                     response = await handler(request, session)
                 except Refused as exc:
                     response = exc.response
-                response.headers.update(HEADERS)
-                return response
+                return self._with_headers(response)
 
             return endpoint
 
@@ -136,6 +142,7 @@ class StationPage:
             Route("/captures/{capture_id}", guard(self.capture_page)),
             Route("/captures/{capture_id}/thumb.jpg", guard(self.thumbnail)),
             Route("/captures/{capture_id}/image.jpg", guard(self.image)),
+            Route("/power/hold", guard(self.power_hold, write=True), methods=["POST"]),
             Route("/flash", guard(self.flash_page)),
             Route("/flash", guard(self.flash_start, write=True), methods=["POST"]),
             Route("/flash/job", guard(self.flash_job)),
@@ -149,7 +156,8 @@ class StationPage:
 
     @staticmethod
     def _with_headers(response: Response) -> Response:
-        response.headers.update(HEADERS)
+        for key, value in HEADERS.items():
+            response.headers.setdefault(key, value)  # images keep their own Cache-Control
         return response
 
     # --- access ---------------------------------------------------------------------------------
@@ -182,7 +190,11 @@ class StationPage:
         if session is None:
             self.refused.labels("no_session").inc()
             if write or request.url.path in ("/live", "/flash/job"):
-                raise Refused(self._message(403, "Refused", "Log in first: no session."))
+                raise Refused(
+                    self._message(
+                        403, "Refused", "There is no session: log in (or reload the page) first."
+                    )
+                )
             raise Refused(RedirectResponse(f"/login?next={quote(request.url.path)}", 303))
         if write:
             form = await request.form()
@@ -206,7 +218,7 @@ class StationPage:
             status=400 if error else 200,
             error=error,
             no_password=hashed is None,
-            next=_safe_next(request.query_params.get("next", "/")),
+            next=safe_next(request.query_params.get("next", "/")),
         )
 
     async def login(self, request: Request, *, lan: bool) -> Response:
@@ -239,7 +251,7 @@ class StationPage:
         self.logins.labels("ok").inc()
         self.sessions.close(request.cookies.get(COOKIE))
         session = self.sessions.open("technician")
-        response = RedirectResponse(_safe_next(str(form.get("next", "/"))), 303)
+        response = RedirectResponse(safe_next(str(form.get("next", "/"))), 303)
         self._set_cookie(response, session.token)
         return response
 
@@ -292,7 +304,9 @@ class StationPage:
 
     async def overview_page(self, request: Request, session: Session) -> Response:
         o = await asyncio.to_thread(views.overview, self.station)
-        return self._render("overview.html", session, request=request, o=o, page="overview")
+        return self._render(
+            "overview.html", session, request=request, o=o, page="overview", holds=HOLDS
+        )
 
     async def units_page(self, request: Request, session: Session) -> Response:
         cards = await asyncio.to_thread(views.units, self.station, self.pushed)
@@ -306,7 +320,7 @@ class StationPage:
         )
 
     async def captures_page(self, request: Request, session: Session) -> Response:
-        f = _filter(request)
+        f = capture_filter(request)
         cards = await asyncio.to_thread(views.captures, self.station, f, limit=48)
         units = [r["unit_id"] for r in await asyncio.to_thread(self.station.store.units)]
         labels = sorted(await asyncio.to_thread(self.station.store.count_by_label))
@@ -398,7 +412,7 @@ class StationPage:
             session.note("error", f"Unknown unit {uid!r}: nothing was sent.")
             return RedirectResponse("/units", 303)
         try:
-            body = _command_body(str(form.get("action", "")), form)
+            body = command_body(str(form.get("action", "")), form)
         except ValueError as exc:
             session.note("error", f"{uid}: {exc}; nothing was sent.")
             return back
@@ -421,6 +435,28 @@ class StationPage:
             )
         else:
             session.note("ok", f"Sent {result['sent']} to {uid} for {body['duration_s']} s.")
+        return back
+
+    async def power_hold(self, request: Request, session: Session) -> Response:
+        """Keep NORMAL behaviour for a while (the power manager's hold, as `fieldstation power hold`)."""
+        form = request.state.form
+        back = RedirectResponse("/", 303)
+        if not session.use_form(str(form.get("form_id", ""))):
+            self.refused.labels("double_submit").inc()
+            session.note("error", "This form was sent already (a double submit): nothing changed.")
+            return back
+        power = self.station.power
+        if power is None:
+            session.note("error", "The power manager is off ([power] enabled): nothing changed.")
+            return back
+        text = str(form.get("duration", ""))
+        if text not in HOLDS:
+            session.note(
+                "error", f"Hold {text!r} is not one of {', '.join(HOLDS)}; nothing changed."
+            )
+            return back
+        await asyncio.to_thread(power.hold, parse_duration(text), "station page")
+        session.note("ok", f"Held NORMAL for {HOLDS[text]}." if text != "0" else "Hold ended.")
         return back
 
     # --- flash ----------------------------------------------------------------------------------
@@ -448,9 +484,9 @@ class StationPage:
         try:
             settings = UnitSettings(
                 unit_id=str(form.get("unit_id", "")).strip(),
-                capture_interval_s=_int(form, "capture_interval_s", 0, 86400, "timer interval"),
-                frame_size=_int(form, "frame_size", 0, 30, "frame size"),
-                jpeg_quality=_int(form, "jpeg_quality", 0, 63, "JPEG quality"),
+                capture_interval_s=form_int(form, "capture_interval_s", 0, 86400, "timer interval"),
+                frame_size=form_int(form, "frame_size", 0, 30, "frame size"),
+                jpeg_quality=form_int(form, "jpeg_quality", 0, 63, "JPEG quality"),
                 pir_enabled=form.get("pir_enabled") == "1",
             )
             job = await asyncio.to_thread(self.flasher.start, str(form.get("port", "")), settings)
@@ -469,7 +505,7 @@ class StationPage:
     async def live(self, request: Request, session: Session) -> Response:
         """What changed since the page was drawn, as HTML fragments (images are never resent)."""
         page = request.query_params.get("page", "")
-        known = _known(request.query_params.get("known", ""))
+        known = known_cards(request.query_params.get("known", ""))
         out: dict[str, Any] = {}
         if page == "overview":
             o = await asyncio.to_thread(views.overview, self.station)
@@ -480,7 +516,7 @@ class StationPage:
                 {
                     "id": u["id"],
                     "status": self._part("unit_status", session, u=u),
-                    "thumb": _thumb_url(u["last_capture"]),
+                    "thumb": thumb_url(u["last_capture"]),
                     "card": None
                     if u["id"] in known
                     else self._part("unit_card", session, u=u, limits=CONFIG_LIMITS),
@@ -489,7 +525,7 @@ class StationPage:
             ]
         elif page == "captures":
             cards = await asyncio.to_thread(
-                views.captures, self.station, _filter(request), limit=48
+                views.captures, self.station, capture_filter(request), limit=48
             )
             out["cards"] = [
                 {"id": c["id"], "sig": c["sig"], "html": self._part("capture_card", session, c=c)}
@@ -504,78 +540,3 @@ class StationPage:
             {"csrf": session.csrf, "form_id": lambda: secrets.token_urlsafe(9)}
         )
         return str(getattr(module, macro)(**kwargs))
-
-
-# --- forms ----------------------------------------------------------------------------------------
-
-
-def _int(form: Any, key: str, lo: int, hi: int, what: str) -> int:
-    raw = str(form.get(key, "")).strip()
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{what} must be a whole number, not {raw!r}") from None
-    if not lo <= value <= hi:
-        raise ValueError(f"{what} must be between {lo} and {hi}, not {value}")
-    return value
-
-
-def _quiet(text: str) -> tuple[int, int]:
-    text = text.strip()
-    if not text:
-        return p.NO_QUIET_PERIOD, p.NO_QUIET_PERIOD
-    m = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)\s*-\s*([01]?\d|2[0-3]):([0-5]\d)", text)
-    if not m:
-        raise ValueError(f"quiet period {text!r} must look like 22:00-05:00 (or be empty)")
-    h1, m1, h2, m2 = (int(g) for g in m.groups())
-    return h1 * 60 + m1, h2 * 60 + m2
-
-
-def _command_body(action: str, form: Any) -> dict[str, Any]:
-    """The body `POST /api/units/{id}/commands` takes, from the page's form (ValueError: why not)."""
-    if action == "capture_now":
-        return {"command": "capture_now", "request_id": secrets.randbelow(1 << 16)}
-    if action == "sleep_now":
-        return {
-            "command": "sleep_now",
-            "duration_s": _int(form, "duration_s", 1, SLEEP_LIMIT_S, "sleep time"),
-        }
-    if action == "config":
-        body: dict[str, Any] = {"command": "config"}
-        for key, (lo, hi, what) in CONFIG_LIMITS.items():
-            body[key] = _int(form, key, lo, hi, what)
-        body["pir_enabled"] = 1 if form.get("pir_enabled") == "1" else 0
-        body["sleep_start_min"], body["sleep_end_min"] = _quiet(str(form.get("quiet", "")))
-        return body
-    raise ValueError(f"action {action!r} is not capture_now, sleep_now or config")
-
-
-def _filter(request: Request) -> views.CaptureFilter:
-    q = request.query_params
-    state = q.get("state", "")
-    return views.CaptureFilter(
-        unit=q.get("unit", "")[:64],
-        label=q.get("label", "")[:64],
-        state=state if state in STATES else "",
-    )
-
-
-def _known(text: str) -> dict[str, str]:
-    """'id~sig,id~sig' (what the page shows now) as {id: sig}."""
-    out: dict[str, str] = {}
-    for item in text.split(",")[:200]:
-        cid, _, sig = item.partition("~")
-        if cid:
-            out[cid] = sig
-    return out
-
-
-def _thumb_url(card: dict[str, Any] | None) -> str | None:
-    if not card or not card["variant"]:
-        return None
-    return f"/captures/{quote(card['id'])}/thumb.jpg?v={card['variant']}"
-
-
-def _safe_next(target: str) -> str:
-    """Only our own paths: a login must never send the browser elsewhere."""
-    return target if re.fullmatch(r"/[A-Za-z0-9/_.\-]*", target) and "//" not in target else "/"

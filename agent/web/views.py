@@ -142,7 +142,9 @@ def _power(station: Station, pw: dict[str, Any] | None, now: float) -> dict[str,
         "soc": reading.get("soc"),
         "voltage": reading.get("voltage_v"),
         "charging": pw.get("charging"),
-        "hold_until": pw.get("hold_until"),
+        "hold_until": time.strftime("%H:%M", time.localtime(pw["hold_until"]))
+        if pw.get("hold_until")
+        else None,
         "runway": (pw.get("runway") or {}).get("hours_to_empty"),
         "chart": power_chart(points, now),
     }

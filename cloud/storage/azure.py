@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from cloud.config import StorageConfig
 from cloud.errors import BackendUnavailable, NotFound
@@ -15,13 +16,26 @@ try:
         ServiceRequestError,
         ServiceResponseError,
     )
+    from azure.identity import DefaultAzureCredential
     from azure.storage.blob import BlobServiceClient, ContentSettings
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(
-        "Azure storage needs azure-storage-blob: pip install 'wildcam-fieldstation[cloud]'"
+        "Azure storage needs azure-storage-blob and azure-identity: "
+        "pip install 'wildcam-fieldstation[cloud]'"
     ) from exc
 
 _UNAVAILABLE = (ServiceRequestError, ServiceResponseError)
+
+
+def _credential(config: StorageConfig) -> str | DefaultAzureCredential | None:
+    """The account key if one is set; none for a SAS URL; else Azure's identity chain."""
+    if config.account_key:
+        return config.account_key
+    if "sig=" in urlsplit(config.account_url).query:
+        return None
+    # Azure Workload Identity (AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_FEDERATED_TOKEN_FILE), a
+    # managed identity or `az login`; the token is fetched on the first request, not here
+    return DefaultAzureCredential()
 
 
 class AzureBlobStore(ObjectStore):
@@ -37,7 +51,7 @@ class AzureBlobStore(ObjectStore):
             service = BlobServiceClient.from_connection_string(config.connection_string, **options)
         else:
             service = BlobServiceClient(
-                config.account_url, credential=config.account_key or None, **options
+                config.account_url, credential=_credential(config), **options
             )
         self.service = service
         self.container = service.get_container_client(config.container)

@@ -158,3 +158,11 @@ def test_config_check_of_the_running_station_is_ok(tmp_path: Path):
     finally:
         daemon.terminate()
         daemon.wait(30)
+
+
+def test_config_check_notes_a_serial_port_that_is_absent_now(tmp_path: Path):
+    port = tmp_path / "ttyUSB-unplugged"
+    f = _station_toml(tmp_path, f'[serial]\nports = ["{port}"]\n')
+    r = _cli("config", "check", str(f))
+    assert r.returncode == 0, r.stderr  # a unit may be unplugged: run retries, status alarms
+    assert f"note        serial.ports[0]: {port} does not exist now" in r.stdout

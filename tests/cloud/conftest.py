@@ -8,10 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cloud_services import LiveServer, Postgres, azurite, gcs_emulator, moto_s3, postgres_server
 
 from cloud.auth import issue_token
 from cloud.config import CloudConfig, validate
+from tests.cloud.cloud_services import (
+    LiveServer,
+    Postgres,
+    azurite,
+    gcs_emulator,
+    moto_s3,
+    postgres_server,
+)
 
 # Every database and every object store appears at least once; the upload suite runs on each.
 BACKENDS = ["sqlite+local", "postgres+s3", "sqlite+azure", "postgres+gcs"]

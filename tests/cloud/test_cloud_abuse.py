@@ -6,8 +6,8 @@ import json
 
 import pytest
 import requests
-from cloud_helpers import auth, batch_files, item, statuses, upload
 
+from tests.cloud.cloud_helpers import auth, batch_files, item, statuses, upload
 from tests.helpers import jpeg
 
 

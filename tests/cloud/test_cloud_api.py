@@ -6,9 +6,9 @@ import hashlib
 
 import pytest
 import requests
-from cloud_helpers import auth
 
 from cloud.models import publish_model
+from tests.cloud.cloud_helpers import auth
 
 HEARTBEAT = {
     "station_id": "st-1",

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import requests
-from cloud_helpers import auth, item, statuses, upload
 
 from cloud.process import CloudService, run_cli
+from tests.cloud.cloud_helpers import auth, item, statuses, upload
 from tests.helpers import jpeg
 
 TOKEN = re.compile(r"^fsc_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$")

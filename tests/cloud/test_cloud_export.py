@@ -9,10 +9,10 @@ import shutil
 
 import jsonschema
 import pytest
-from cloud_helpers import item, statuses, upload
 
 from cloud.export.camtrap import SCHEMA_DIR
 from cloud.process import run_cli
+from tests.cloud.cloud_helpers import item, statuses, upload
 from tests.helpers import jpeg
 
 BOXLESS = {

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import requests
-from cloud_helpers import auth, item, statuses, upload
-from cloud_services import LiveServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cloud.config import CloudConfig, validate
 from cloud.export.camtrap import export_camtrap_dp
+from tests.cloud.cloud_helpers import auth, item, statuses, upload
+from tests.cloud.cloud_services import LiveServer
 from tests.helpers import jpeg, tmpfs
 
 

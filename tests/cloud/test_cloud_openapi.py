@@ -22,9 +22,8 @@ from cloud.auth import issue_token
 
 @pytest.fixture(scope="module")
 def fuzzed_server(tmp_path_factory):
-    from cloud_services import LiveServer
-
     from cloud.config import CloudConfig
+    from tests.cloud.cloud_services import LiveServer
 
     config = CloudConfig()
     config.server.data_dir = str(tmp_path_factory.mktemp("fuzz"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 
 import requests
-from cloud_helpers import auth, item, sha, statuses, upload
 
+from tests.cloud.cloud_helpers import auth, item, sha, statuses, upload
 from tests.helpers import jpeg
 
 

@@ -166,12 +166,19 @@ class CloudNode:
         return out
 
 
-def start_clouds(base: Path, links: dict[str, CloudLink]) -> dict[str, CloudNode]:
-    clouds: dict[str, CloudNode] = {}
+def start_clouds(base: Path, links: dict[str, CloudLink], station_id: str) -> dict[str, CloudNode]:
+    """The three clouds, started side by side, each knowing the station."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    clouds = {name: CloudNode(name, base / name, link) for name, link in links.items()}
+
+    def up(cloud: CloudNode) -> None:
+        cloud.start()
+        cloud.add_station(station_id)
+
     try:
-        for name in NAMES:
-            clouds[name] = CloudNode(name, base / name, links[name])
-            clouds[name].start()
+        with ThreadPoolExecutor(len(clouds)) as pool:
+            list(pool.map(up, clouds.values()))
     except Exception:
         for c in clouds.values():
             c.close()
@@ -192,6 +199,7 @@ def station_toml(
     broker_port: int | None = None,
     extra: str = "",
     upload: dict[str, Any] | None = None,
+    read_timeout_s: float = 3.0,
 ) -> str:
     """The chaos station's config: fast retries and polls, so a few minutes see many cycles."""
     up = {
@@ -227,7 +235,7 @@ def station_toml(
             f"weight = {WEIGHTS[name]}",
             f'token = "{cloud.tokens[station_id]}"',
             "connect_timeout_s = 1.0",
-            "read_timeout_s = 3.0",
+            f"read_timeout_s = {read_timeout_s}",
         ]
     return "\n".join(lines) + "\n" + extra + "\n"
 
@@ -435,11 +443,20 @@ def http_sender(base: str, device_id: str, tally: Tally) -> Callable[[bytes, int
 class Fleet:
     """Serial units on ptys, MQTT units on the broker, one HTTP unit: all driven at once."""
 
-    def __init__(self, station_id: str, tally: Tally, images: Callable[[int], bytes]) -> None:
+    def __init__(
+        self,
+        station_id: str,
+        tally: Tally,
+        images: Callable[[int], bytes],
+        *,
+        serial_units: int = 2,
+        mqtt_units: int = 2,
+    ) -> None:
         self.station_id = station_id
         self.tally = tally
         self.images = images
-        self.serial_links = [PtySerialLink(), PtySerialLink()]
+        self.mqtt_units = mqtt_units
+        self.serial_links = [PtySerialLink() for _ in range(serial_units)]
         self.drivers: list[UnitDriver] = []
         self.units: list[VirtualUnit] = []
 
@@ -454,7 +471,7 @@ class Fleet:
             self.units.append(unit)
             senders.append((unit.unit_id, protocol_sender(unit, "serial", self.tally)))
         if broker is not None:
-            for i in range(2):
+            for i in range(self.mqtt_units):
                 uid = f"e2e-mqtt-{i}"
                 mlink = MqttUnitLink(broker.host, broker.port, self.station_id, uid)
                 mlink.client.reconnect_delay_set(0.2, 2)

@@ -21,6 +21,19 @@ def add_e2e_options(parser: Any) -> None:
         help="seed of the chaos schedule (default: from the clock; the report says which)",
     )
     group.addoption(
+        "--soak-minutes",
+        type=float,
+        default=0.75,
+        help="minutes of steady traffic in the soak (0.75 by default; hours on hardware)",
+    )
+    group.addoption(
+        "--soak-interval",
+        type=float,
+        default=None,
+        help="seconds between soak samples (default: 60 for soaks of 30 minutes or more, "
+        "else a thirtieth of the soak)",
+    )
+    group.addoption(
         "--e2e-report",
         default=None,
         help="folder the e2e reports are copied to (default: tests/e2e/reports)",

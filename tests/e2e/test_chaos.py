@@ -174,7 +174,10 @@ class Chaos:
 
 def damage_buffer(data: Path) -> dict[str, Any]:
     """Between two runs: a torn write at the end of the WAL and a scribbled WAL index — what a
-    power cut mid-write leaves. Committed frames are left alone (their loss is salvage's test)."""
+    power cut mid-write leaves. Committed frames are left alone (their loss is salvage's test);
+    what the station's WAL check makes of the files is recorded."""
+    from agent.walcheck import check_wal
+
     rnd = random.Random(7)
     wal, shm = data / "buffer.db-wal", data / "buffer.db-shm"
     out: dict[str, Any] = {}
@@ -187,6 +190,18 @@ def damage_buffer(data: Path) -> dict[str, Any]:
             f.seek(120)
             f.write(rnd.randbytes(64))
         out["shm_scribbled_bytes"] = 64
+    try:
+        found = check_wal(wal, shm)
+    except Exception as exc:  # the verdict is an observation, not this test's subject
+        out["walcheck"] = f"{type(exc).__name__}: {exc}"
+    else:
+        if found is not None:
+            out["walcheck"] = {
+                "damaged": found.damaged,
+                "frames": found.frames,
+                "replayed": found.replayed,
+                "frames_lost": found.frames_lost,
+            }
     return out
 
 
@@ -262,7 +277,7 @@ def test_every_acknowledged_capture_reaches_a_cloud_through_chaos(
     report.observed["links"] = how
     if not next(iter(links.values())).real:
         report.notes.append(f"link cuts fell back to the loopback proxy: {how}")
-    clouds = start_clouds(tmp_path / "clouds", links)
+    clouds = start_clouds(tmp_path / "clouds", links, STATION)
     broker: PrivateBroker | None = None
     station: StationProcess | None = None
     fleet: Fleet | None = None
@@ -272,8 +287,6 @@ def test_every_acknowledged_capture_reaches_a_cloud_through_chaos(
     final_status: dict[str, Any] = {}
     doc: dict[str, Any] = {}
     try:
-        for c in clouds.values():
-            c.add_station(STATION)
         key = tmp_path / "signing.key"
         _, public = art.generate_key(key)
         for version, base in (("1.0.0", "scene-animal"), ("4.0.0", "blob-yolo-cn")):
@@ -339,8 +352,9 @@ def test_every_acknowledged_capture_reaches_a_cloud_through_chaos(
                 cid = wait_for(lambda s=s, i=i: blob(scene(s, blob=True), i), 30, "blob capture")
                 tally.ack(cid, "c0ffee02")
             wait_for(lambda: _in_state(station, "received") == 0, 60, "blob scenes analysed")
-            post_rollout(clouds["aws"], "4.0.0", [{"stations": [STATION]}, {"percent": 100}])
-            report.inject(chaos.now(), "model rollout", version="4.0.0", waves=2)
+            # one wave: a wave that has gone active lets the next start before probation ends
+            post_rollout(clouds["aws"], "4.0.0", [{"stations": [STATION]}])
+            report.inject(chaos.now(), "model rollout", version="4.0.0", waves=1)
             wait_for(lambda: model_status(station).get("active") == "4.0.0", 90, "v4 active")
             fleet.resume()
             wait_for(lambda: model_status(station).get("active") == "1.0.0", 90, "v4 rolled back")
@@ -422,12 +436,16 @@ def schedule(
     damaged = rnd.randrange(3)
     for i, t in enumerate(kills):
         plan.append((t, len(plan), lambda d=i == damaged: chaos.kill_station(d)))
-    names = list(NAMES)
-    for kind in CLOUD_FAULTS:
-        name = rnd.choice(names)
-        t = at(0.05, 0.8)
+    # one cloud fault of each kind, each in its own slot of the window (so none is skipped)
+    kinds = list(CLOUD_FAULTS)
+    rnd.shuffle(kinds)
+    slot = 0.8 * chaos_s / len(kinds)
+    for i, kind in enumerate(kinds):
+        name = rnd.choice(NAMES)
+        t = 0.05 * chaos_s + i * slot + rnd.uniform(0, 0.2) * slot
+        end = t + min(0.75 * slot, rnd.uniform(3, 8))
         plan.append((t, len(plan), lambda n=name, k=kind: chaos.cloud_fault(n, k)))
-        plan.append((t + rnd.uniform(3, 8), len(plan), lambda n=name: chaos.cloud_heal(n)))
+        plan.append((end, len(plan), lambda n=name: chaos.cloud_heal(n)))
     plan.append((at(0.2, 0.7), len(plan), lambda: chaos.broker_outage(2.0)))
     t = at(0.3, 0.8)
     plan.append((t, len(plan), chaos.fill_disk))

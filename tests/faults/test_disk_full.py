@@ -14,7 +14,7 @@ import requests
 from agent.capture import Capture
 from agent.daemon import Station
 from agent.scenes import scene_jpeg
-from agent.store import Store
+from agent.store import StorageFull, Store
 from tests.conftest import station_config
 from tests.helpers import metric, tmpfs, wait_for
 
@@ -120,5 +120,20 @@ def test_eviction_gives_the_space_back_to_the_filesystem(tmp_path):
             after = free_bytes(disk)
             # today: the file never shrinks and the WAL grows, so free space falls instead
             assert after - before >= images // 2, (before, after, images)
+        finally:
+            store.close()
+
+
+def test_sqlite_disk_full_reaches_every_ingest_path_as_storage_full(tmp_path):
+    # serial and MQTT NAK `storage_full` on StorageFull; before, SQLite's own error was a
+    # `storage_error` NAK (or, over HTTP, a bare 500)
+    with tmpfs(tmp_path / "disk", "2m") as disk:
+        store = Store(disk / "buffer.db", min_free_bytes=0)
+        try:
+            with pytest.raises(StorageFull):
+                for i in range(40):
+                    jpeg = scene_jpeg(i, (640, 480), 95)
+                    store.add_capture(Capture("u1", str(i), "serial", jpeg, time.time()))
+            assert "storage_full" in {a["kind"] for a in store.alarms()}
         finally:
             store.close()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from agent.power.states import State
 from tests.power.conftest import DAY, Hwmon, power_config
 
@@ -223,3 +226,21 @@ def test_garbage_and_impossible_values_are_flagged_and_counted(sysfs, clock, mak
     assert w.health[0].errors == 1 and w.health[0].rejected == 1
     assert w.reading is None
     assert "no trusted reading" in w.current.reason
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.binary(max_size=40), st.sampled_from(["capacity", "voltage_now", "current_now"]))
+def test_any_bytes_in_a_sysfs_file_are_flagged_never_raised(
+    sysfs, clock, make_worker, sys_root, data, name
+):
+    w = make_worker(power_config(sys_root, '[[power.sources]]\nkind = "sysfs"'))
+    sysfs.set(70)
+    (sysfs.dir / name).write_bytes(data)
+    st_ = w.tick()
+    h = w.health[0]
+    if st_.reading is None:
+        assert h.flag in ("error", "out_of_range") and h.error
+    else:
+        assert 0 <= st_.reading.soc <= 100

@@ -110,7 +110,12 @@ def test_a_vedirect_stream_drives_the_states(pty_pair, clock, make_worker, sys_r
         before = w.sources[0].parser.counts.blocks
         block = {**BMV, "SOC": str(soc), "V": str(12000 + soc), "I": str(-2000 - soc)}
         os.write(master, encode_block(block))
-        wait_for(lambda b=before: w.sources[0].parser.counts.blocks > b, timeout=10, what="block")
+        src = w.sources[0]
+        wait_for(
+            lambda b=before: src.parser.counts.blocks > b,
+            timeout=10,
+            what=f"block {soc} (parser {src.parser.counts}, connected {src.connected})",
+        )
         states.append(w.tick().state)
     assert states == [State.NORMAL] * 3 + [State.ECO] * 3 + [State.CRITICAL] * 2
 

@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from linkproxy import LinkProxy
-from upload_helpers import NAMES, Cloud, Station, station_with_primary, upload_toml
 
 from agent.config import parse_config
 from agent.metrics import Metrics
 from agent.store import Store
 from agent.upload.worker import Uploader
+from tests.linkproxy import LinkProxy
+from tests.upload.upload_helpers import NAMES, Cloud, Station, station_with_primary, upload_toml
 
 try:
     from cloud.process import CloudService

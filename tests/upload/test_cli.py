@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
-from upload_helpers import add_captures
-
 from agent.cli import main
 from tests.helpers import wait_for
+from tests.upload.upload_helpers import add_captures
 
 
 def _write_config(tmp_path, station) -> str:

@@ -9,9 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from upload_helpers import add_captures, assert_consistent
-
 from tests.helpers import wait_for
+from tests.upload.upload_helpers import add_captures, assert_consistent
 
 CHILD = Path(__file__).with_name("upload_child.py")
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from upload_helpers import add_captures, assert_consistent
-
 from tests.helpers import wait_for
+from tests.upload.upload_helpers import add_captures, assert_consistent
 
 
 def test_backlog_reaches_primary_cloud_once(new_station, links):

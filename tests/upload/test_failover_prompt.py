@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import time
 
-from upload_helpers import add_captures, assert_consistent
-
 from tests.helpers import wait_for
+from tests.upload.upload_helpers import add_captures, assert_consistent
 
 READ_TIMEOUT = 3.0
 

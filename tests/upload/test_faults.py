@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from upload_helpers import add_captures, assert_consistent
-
 from tests.helpers import wait_for
+from tests.upload.upload_helpers import add_captures, assert_consistent
 
 
 def _uploaded(station) -> int:

@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 import requests
-from upload_helpers import add_captures
 
 from agent.store import Store
 from agent.upload.heartbeat import Heartbeat
 from tests.helpers import wait_for
+from tests.upload.upload_helpers import add_captures
 
 
 def _last_heartbeat(links, name: str, station_id: str) -> dict[str, Any] | None:

@@ -6,11 +6,10 @@ import email.parser
 import hashlib
 import json
 
-from upload_helpers import add_captures, analyse
-
 from agent.store import Store
 from agent.upload import ledger
 from agent.upload.batch import build_item, encode
+from tests.upload.upload_helpers import add_captures, analyse
 
 ENDPOINTS = ["aws", "azure", "gcp"]
 

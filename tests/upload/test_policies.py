@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 
 import requests
-from upload_helpers import add_captures, analyse, assert_consistent
 
 from agent.capture import Capture
 from agent.metrics import Metrics
 from agent.upload.worker import Uploader
 from tests.helpers import wait_for
+from tests.upload.upload_helpers import add_captures, analyse, assert_consistent
 
 
 def test_empty_frames_go_as_thumbnails_and_thumbnails_first_upgrades_in_place(new_station, links):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import sqlite3
 
 import requests
-from upload_helpers import add_captures
 
 from tests.helpers import wait_for
+from tests.upload.upload_helpers import add_captures
 
 
 def rot(db_path: str, capture_id: str) -> None:

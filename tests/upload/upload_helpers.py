@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from linkproxy import LinkProxy
 
 from agent.capture import Capture
 from agent.inference.package import Detection
@@ -17,6 +16,7 @@ from agent.metrics import Metrics
 from agent.store import Store
 from agent.upload.worker import Uploader
 from tests.helpers import jpeg
+from tests.linkproxy import LinkProxy
 
 NAMES = ("aws", "azure", "gcp")
 WEIGHTS = {"aws": 40, "azure": 30, "gcp": 30}

@@ -19,9 +19,9 @@ import requests
 from agent.config import ConfigError, parse_config
 from agent.power.sources import Reading
 from agent.web.auth import hash_password, verify_password
-from tests.helpers import free_port, metric
+from tests.helpers import free_port, metric, wait_for
 from tests.power.conftest import SysfsBattery
-from tests.web.conftest import PASSWORD, SCREENSHOTS, log_in
+from tests.web.page_rig import PASSWORD, SCREENSHOTS, log_in
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,6 +34,15 @@ def passwd(tmp_path, password: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
     )
+
+
+def answers(listen: str) -> bool:
+    """True once a listener accepts connections (the station waits only for its main one)."""
+    try:
+        requests.get(f"http://{listen}/healthz", timeout=1)
+    except requests.ConnectionError:
+        return False
+    return True
 
 
 def test_web_passwd_writes_an_scrypt_hash_only_its_owner_reads(tmp_path):
@@ -96,6 +105,7 @@ def test_the_lan_listener_serves_the_page_only_when_configured(make_station, tmp
     passwd(tmp_path, PASSWORD)
     lan = f"127.0.0.1:{free_port()}"
     off = make_station(http={"lan_listen": lan})
+    wait_for(lambda: answers(lan), 10, "the LAN listener")
     assert requests.get(f"http://{lan}/", timeout=5).status_code == 404
     assert (
         requests.post(f"http://{lan}/api/cameras/register", json={}, timeout=5).status_code == 400
@@ -105,6 +115,7 @@ def test_the_lan_listener_serves_the_page_only_when_configured(make_station, tmp
     make_station(
         f'[web]\nlan = true\npassword_file = "{tmp_path / "pw"}"\n', http={"lan_listen": lan}
     )
+    wait_for(lambda: answers(lan), 10, "the LAN listener")
     r = requests.get(f"http://{lan}/", allow_redirects=False, timeout=5)
     assert r.status_code == 303 and r.headers["location"].startswith("/login")
 
@@ -149,4 +160,10 @@ def test_overview_shows_power_with_a_24h_chart(make_station, browser, tmp_path):
     assert len(chart.get_attribute("points").split()) >= 96
     assert page.inner_text("#power-state") == "NORMAL"
     page.screenshot(path=str(SCREENSHOTS / "overview-power-laptop.png"))
+    # the technician keeps the station awake for a while (the power manager's hold)
+    page.select_option("select[name=duration]", "2h")
+    page.click("form.hold button")
+    assert "Held NORMAL for 2 h" in page.inner_text(".note.ok")
+    assert station.power.hold_until is not None
+    assert "held NORMAL until" in page.inner_text("#power-hold")
     page.context.close()

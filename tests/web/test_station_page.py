@@ -13,7 +13,7 @@ from agent.esp32.host_unit import UnitRunner
 from agent.inference.package import Detection
 from agent.scenes import scene_jpeg
 from tests.helpers import metric, wait_for
-from tests.web.conftest import SCREENSHOTS, UNITS, Field, log_in
+from tests.web.page_rig import SCREENSHOTS, UNITS, Field, log_in
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -42,6 +42,7 @@ def test_log_in_and_see_every_unit(field_station: Field, browser):
     src = thumbs.first.get_attribute("src")
     thumb = page.request.get(f"{field_station.url}{src}")
     assert thumb.ok and len(thumb.body()) < 16_000
+    assert "immutable" in thumb.headers["cache-control"]  # shown once, never fetched again
     page.context.close()
 
 
@@ -138,7 +139,7 @@ def test_refused_without_a_session_or_the_csrf_token(field_station: Field, brows
     # no session: pages send the browser to the login, actions are refused
     assert requests.get(f"{url}/units", allow_redirects=False, timeout=5).status_code == 303
     r = requests.post(f"{url}/units/cam-north/command", data={"action": "capture_now"}, timeout=5)
-    assert r.status_code == 403 and "no session" in r.text
+    assert r.status_code == 403 and "There is no session" in r.text
     assert (
         requests.get(f"{url}/captures/x/thumb.jpg", allow_redirects=False, timeout=5).status_code
         == 303
@@ -175,7 +176,13 @@ def test_flash_and_configure_a_virtual_board_then_see_its_hello(field_station: F
     runner = UnitRunner(unit).start()
     field_station.extra.append(runner)
     try:
-        wait_for(lambda: page.inner_text("#flash-state") == "done", 20, "the job to finish")
+        wait_for(
+            lambda: page.inner_text("#flash-state") != "running" or runner.error,
+            20,
+            "the job to finish",
+        )
+        assert runner.error is None, runner.error
+        assert page.inner_text("#flash-state") == "done", page.inner_text("#flash-log")
         assert "HELLO from cam-bench-01: firmware wildcam-2.4.0" in page.inner_text("#flash-log")
         assert int(page.get_attribute("#flash-progress", "value")) == 100
         page.screenshot(path=str(SCREENSHOTS / "flash-laptop.png"))
@@ -217,12 +224,11 @@ def test_captures_show_boxes_labels_and_only_what_privacy_allows(field_station: 
     store = field_station.station.store
     u = field_station.units["cam-water"]
     n = field_station.captures_of("cam-water")
-    u.capture(scene_jpeg(41))
-    u.capture(scene_jpeg(42))
-    wait_for(lambda: field_station.captures_of("cam-water") >= n + 2, 15, "two captures")
-    deer_id, person_id = [r["id"] for r in store.latest_captures(unit_id="cam-water", limit=2)][
-        ::-1
-    ]
+    for seed in (41, 42, 43):
+        u.capture(scene_jpeg(seed))
+    wait_for(lambda: field_station.captures_of("cam-water") >= n + 3, 15, "three captures")
+    newest = store.latest_captures(unit_id="cam-water", limit=3)
+    deer_id, person_id, dropped_id = [r["id"] for r in newest][::-1]
     deer = Detection("deer", "animal", 0.91, (0.2, 0.3, 0.4, 0.5), "wildcam-detector", "3")
     person = Detection("person", "person", 0.88, (0.5, 0.1, 0.3, 0.8), "wildcam-detector", "3")
     # what the inference worker records (it is off in this station): a deer, and a person blurred
@@ -235,11 +241,19 @@ def test_captures_show_boxes_labels_and_only_what_privacy_allows(field_station: 
         summary={},
         blurred=scene_jpeg(99),
     )
+    store.save_analysis(dropped_id, [person], empty=False, upload_variant="none", summary={})
     page = log_in(browser, field_station.url)
+    page.goto(f"{field_station.url}/captures/{dropped_id}")
+    assert page.locator(".photo img").count() == 0
+    assert "withheld: people in view" in page.inner_text(".photo")
+    assert page.request.get(f"{field_station.url}/captures/{dropped_id}/image.jpg").status == 404
     page.goto(f"{field_station.url}/captures?label=deer")
     cards = page.locator("#captures .capture")
     assert cards.count() == 1 and "deer" in cards.first.inner_text()
     assert cards.first.locator(".box.animal").inner_text() == "deer 91%"
+    page.goto(f"{field_station.url}/captures?state=analysed&unit=cam-water")
+    states = page.locator("#captures .capture .state").all_inner_texts()
+    assert states == ["analysed"] * 3
     page.goto(f"{field_station.url}/captures/{person_id}")
     img = page.locator(".photo img").get_attribute("src")
     assert img.endswith("v=blurred") and "People blurred" in page.inner_text(".photo")

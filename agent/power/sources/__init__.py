@@ -77,7 +77,7 @@ def open_source(cfg: SourceConfig, sysfs_root: Path, clock: Callable[[], float])
 def read_number(path: Path) -> float:
     """A sysfs attribute as a number; SourceError naming the file when it is gone or garbage."""
     try:
-        text = path.read_text().strip()
+        text = path.read_bytes().decode("ascii", "replace").strip()
     except FileNotFoundError:
         raise SourceError(f"{path} is gone") from None
     except OSError as exc:

@@ -85,7 +85,7 @@ class HwmonSource:
             raise SourceError(f"{self.base} is gone") from None
         for d in chips:
             try:
-                name = (d / "name").read_text().strip()
+                name = (d / "name").read_bytes().decode("ascii", "replace").strip()
             except OSError:
                 continue
             if not self.config.name or name == self.config.name:

@@ -103,6 +103,6 @@ def _optional(path: Path) -> float | None:
 
 def _text(path: Path) -> str | None:
     try:
-        return path.read_text().strip()
+        return path.read_bytes().decode("ascii", "replace").strip()
     except OSError:
         return None
