@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from agent import __version__
@@ -409,7 +410,15 @@ def _start(config: Config) -> Station:
     except (BufferInUse, StoreError, ComponentConfigError) as exc:
         raise StartupError(str(exc)) from None
     except OSError as exc:
-        raise StartupError(f"station.data_dir: {config.data_dir}: {exc.strerror or exc}") from None
+        where = str(exc.filename or "")
+        if not where or Path(where).is_relative_to(config.data_dir):
+            raise StartupError(
+                f"station.data_dir: {config.data_dir}: {exc.strerror or exc}"
+            ) from None
+        raise StartupError(f"{where}: {exc.strerror or exc}") from None
+    except Exception as exc:  # any other refusal still ends as one line (the trace at debug)
+        log.debug("start-up failed", exc_info=True)
+        raise StartupError(f"{type(exc).__name__}: {exc}") from None
     try:
         station.start()
     except Exception as exc:

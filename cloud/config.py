@@ -70,9 +70,13 @@ class DatabaseConfig:
 
 @dataclass
 class StorageConfig:
-    backend: str = opt("local", help="where images go", choices=["local", "s3", "azure", "gcs"])
-    path: str = opt("", help="local: empty means <data_dir>/objects")
-    fsync: bool = opt(True, help="local: fsync each image before answering stored")
+    backend: str = opt(
+        "local",
+        help="where images go (pack: the local disk, one file per batch)",
+        choices=["local", "pack", "s3", "azure", "gcs"],
+    )
+    path: str = opt("", help="local, pack: empty means <data_dir>/objects")
+    fsync: bool = opt(True, help="local, pack: fsync each image before answering stored")
     bucket: str = opt("", help="s3, gcs")
     container: str = opt("", help="azure")
     prefix: str = opt("", help="key prefix inside the bucket/container")

@@ -8,7 +8,7 @@ from cloud.config import CloudConfig
 from cloud.db import Database, open_database
 from cloud.ingest import BatchIngest
 from cloud.metrics import ServiceMetrics
-from cloud.ratelimit import RateLimiter
+from cloud.ratelimit import Limiter, open_limiter
 from cloud.storage import ObjectStore, open_store
 
 
@@ -18,7 +18,7 @@ class Service:
     db: Database
     store: ObjectStore
     metrics: ServiceMetrics
-    limiter: RateLimiter
+    limiter: Limiter
     ingest: BatchIngest
 
     @classmethod
@@ -37,7 +37,9 @@ class Service:
             db=db,
             store=store,
             metrics=metrics,
-            limiter=RateLimiter(limits.rate_limit_per_minute, limits.rate_limit_burst),
+            limiter=open_limiter(
+                db.rate_buckets(), limits.rate_limit_per_minute, limits.rate_limit_burst
+            ),
             ingest=BatchIngest(db, store, metrics, limits.max_item_bytes, limits.max_items),
         )
 

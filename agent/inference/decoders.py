@@ -64,7 +64,14 @@ def make_decoder(task: str, settings: Settings) -> Decoder:
 
 # --- the card's `decoder` object: each family declares the keys it takes --------------------------
 
-_KIND_NAMES = {str: "a string", bool: "true or false", int: "an integer", float: "a number"}
+_KIND_NAMES = {
+    str: "a string",
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    list: "a list",
+    dict: "an object",
+}
 
 
 @dataclass(frozen=True)
@@ -87,7 +94,7 @@ class Option:
 
     def problem(self, value: Any) -> str | None:
         """Why `value` is refused, in words, or None."""
-        if value is None and self.default is None:
+        if value is None and self.default is None and not self.required:
             return None
         kind = self.kind or ((int, float) if type(self.default) is float else type(self.default))
         kinds = kind if isinstance(kind, tuple) else (kind,)
@@ -116,6 +123,8 @@ def _plain(value: Any) -> str:
         return "[" + ", ".join(_plain(v) for v in value) + "]"
     if isinstance(value, np.generic):
         value = value.item()
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]  # as the card writes them
     return repr(value) if isinstance(value, str) else str(value)
 
 

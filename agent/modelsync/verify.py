@@ -209,16 +209,19 @@ def shadow_run(
     captures: Iterable[tuple[str, bytes]],
     deadline_s: float,
     busy: Callable[[], bool] = lambda: False,
+    yield_s: float = 0.5,
 ) -> ShadowResult:
     """Run both models on each capture; count agreement on empty/non-empty and labels.
 
-    While `busy()` (live captures waiting for inference) the run steps aside between captures.
+    While `busy()` (live captures waiting for inference) it steps aside before each capture, for
+    up to `yield_s`, so live captures go first and the shadow run still moves on under load.
     """
     result = ShadowResult()
     started = time.monotonic()
     for capture_id, jpeg in captures:
-        while busy() and time.monotonic() - started <= deadline_s:
-            time.sleep(0.05)  # live captures first: the shadow run only uses idle time
+        until = time.monotonic() + yield_s
+        while busy() and time.monotonic() < until:
+            time.sleep(0.02)
         if time.monotonic() - started > deadline_s:
             result.cut_short = True
             break

@@ -369,7 +369,8 @@ class ModelSync:
 
     def inference_busy(self) -> bool:
         """Live captures are waiting for the inference worker."""
-        return self.inference is not None and bool(self.store.captures_in_state("received", 1))
+        working = self.inference is not None and self.inference.pipeline is not None
+        return working and bool(self.store.captures_in_state("received", 1))
 
     def _recent_captures(self, n: int) -> list[tuple[str, bytes]]:
         """The newest `n` captures whose original image is still in the buffer."""

@@ -89,6 +89,7 @@ class StationPage:
         self.thumbs = Thumbnails()
         self.pushed = views.PushedConfigs()
         self.flasher = Flasher(self.settings, station.store)
+        self._warned: str | None = None
         self.templates = Environment(
             loader=FileSystemLoader(HERE / "templates"),
             autoescape=select_autoescape(["html"]),
@@ -166,13 +167,17 @@ class StationPage:
         try:
             return read_password_hash(self.settings.password_file)
         except PasswordError as exc:
-            log.warning("%s; the page answers loopback clients only", exc)
+            if str(exc) != self._warned:  # once per problem, not once per request
+                self._warned = str(exc)
+                log.warning("%s; the page answers loopback clients only", exc)
             return None
 
     async def _session(self, request: Request, *, lan: bool, write: bool) -> Session:
         client = request.client.host if request.client else None
         hashed = await asyncio.to_thread(self._password_hash)
         session = self.sessions.get(request.cookies.get(COOKIE))
+        if hashed is not None and session is not None and session.user != "technician":
+            session = None  # opened before a password was set: a login is needed now
         if hashed is None:
             if lan or not is_loopback(client):
                 self.refused.labels("not_loopback").inc()

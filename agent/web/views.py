@@ -21,7 +21,14 @@ if TYPE_CHECKING:
     from agent.daemon import Station
 
 SECRET_KEY = re.compile(r"(token|password|passwd|secret|pass)$|^wifi_pass")
-CONFIG_FIELDS = ("capture_interval_s", "frame_size", "jpeg_quality", "pir_enabled")
+CONFIG_FIELDS = (
+    "capture_interval_s",
+    "frame_size",
+    "jpeg_quality",
+    "pir_enabled",
+    "sleep_start_min",
+    "sleep_end_min",
+)
 
 
 # --- words ----------------------------------------------------------------------------------------

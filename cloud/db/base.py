@@ -13,9 +13,12 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloud.errors import NotFound
+
+if TYPE_CHECKING:
+    from cloud.ratelimit import RateBuckets
 
 SCHEMA_VERSION = 1
 
@@ -184,6 +187,10 @@ class Database:
                     pass
             self._connections.clear()
         self._local = threading.local()
+
+    def rate_buckets(self) -> RateBuckets | None:
+        """The per-station rate buckets, where replicas share this database; None: keep them in memory."""
+        return None
 
     def ping(self) -> None:
         """Raise BackendUnavailable unless a trivial query succeeds."""

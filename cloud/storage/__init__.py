@@ -13,6 +13,10 @@ def open_store(config: CloudConfig) -> ObjectStore:
         from cloud.storage.local import LocalStore
 
         return LocalStore(config.storage_path(), fsync=storage.fsync)
+    if storage.backend == "pack":
+        from cloud.storage.pack import PackStore
+
+        return PackStore(config.storage_path(), fsync=storage.fsync)
     if storage.backend == "s3":
         from cloud.storage.s3 import S3Store
 

@@ -166,3 +166,11 @@ def test_config_check_notes_a_serial_port_that_is_absent_now(tmp_path: Path):
     r = _cli("config", "check", str(f))
     assert r.returncode == 0, r.stderr  # a unit may be unplugged: run retries, status alarms
     assert f"note        serial.ports[0]: {port} does not exist now" in r.stdout
+
+
+def test_run_with_a_data_dir_that_is_a_file_says_so_in_one_line(tmp_path: Path):
+    (tmp_path / "data").write_text("not a folder")
+    line = _one_clear_line(
+        _cli("run", "--config", str(_station_toml(tmp_path))), "station.data_dir"
+    )
+    assert "is a file, not a folder" in line

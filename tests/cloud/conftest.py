@@ -21,7 +21,7 @@ from tests.cloud.cloud_services import (
 )
 
 # Every database and every object store appears at least once; the upload suite runs on each.
-BACKENDS = ["sqlite+local", "postgres+s3", "sqlite+azure", "postgres+gcs"]
+BACKENDS = ["sqlite+local", "postgres+s3", "sqlite+azure", "postgres+gcs", "sqlite+pack"]
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +58,7 @@ def make_config(
     if database == "postgres":
         config.database.url = request.getfixturevalue("postgres").create_database()
     bucket = "t-" + uuid.uuid4().hex[:12]
-    config.storage.backend = {"local": "local", "s3": "s3", "azure": "azure", "gcs": "gcs"}[storage]
+    config.storage.backend = storage
     config.storage.create_bucket = True
     if storage == "local":
         config.storage.fsync = False  # tmpfs-speed tests; durability is benchmarked, not tested

@@ -54,7 +54,7 @@ def test_a_new_capture_appears_without_a_reload(field_station: Field, browser):
     thumb_requests: list[str] = []
     page.on("request", lambda r: thumb_requests.append(r.url) if "thumb.jpg" in r.url else None)
     field_station.units["cam-ridge"].capture(scene_jpeg(77))
-    wait_for(lambda: page.locator("#captures .capture").count() > before, 15, "the new card")
+    wait_for(lambda: page.locator("#captures .capture").count() > before, 30, "the new card")
     assert page.evaluate("window.__sameDocument") is True  # the page was not reloaded
     newest = page.locator("#captures .capture").first
     assert "cam-ridge" in newest.inner_text()
@@ -178,7 +178,7 @@ def test_flash_and_configure_a_virtual_board_then_see_its_hello(field_station: F
     try:
         wait_for(
             lambda: page.inner_text("#flash-state") != "running" or runner.error,
-            20,
+            30,
             "the job to finish",
         )
         assert runner.error is None, runner.error

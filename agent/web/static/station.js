@@ -73,8 +73,10 @@
         if (none) none.remove();
         const order = new Map(news.order.map((id, i) => [id, i]));
         const cards = Array.from(grid.children);
-        cards.sort((a, b) => (order.get(a.dataset.id) ?? 1e9) - (order.get(b.dataset.id) ?? 1e9));
-        cards.forEach((c, i) => { if (i < 96) grid.appendChild(c); else c.remove(); });
+        const rank = (el) => order.get(el.dataset.id) ?? 1e9;
+        const sorted = [...cards].sort((a, b) => rank(a) - rank(b));
+        if (sorted.some((c, i) => c !== cards[i])) sorted.forEach((c) => grid.appendChild(c));
+        sorted.slice(96).forEach((c) => c.remove());  // a page left open stays small
       }
     }
   }

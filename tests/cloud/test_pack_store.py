@@ -1,0 +1,98 @@
+"""The pack store: a batch in one file, named by the index only once both are durable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cloud.errors import BackendUnavailable, NotFound
+from cloud.storage.pack import PackStore
+from tests.helpers import tmpfs
+
+ROOT = Path(__file__).parents[2]
+
+
+def images(n: int, seed: int = 0) -> list[tuple[str, bytes]]:
+    return [
+        (f"st/2026/{seed}-{i}.jpg", bytes([i + seed]) * (1000 + i) + b"\xff\xd9") for i in range(n)
+    ]
+
+
+def test_a_batch_is_one_pack_file_and_every_object_reads_back(tmp_path):
+    store = PackStore(tmp_path / "objects")
+    batch = images(10)
+    store.put_many(batch)
+    assert len(list((tmp_path / "objects" / "packs").iterdir())) == 1
+    for key, data in batch:
+        assert store.get(key) == data
+        assert store.size(key) == len(data)
+    assert store.read_range("st/2026/0-3.jpg", 10, 19) == batch[3][1][10:20]
+    assert store.read_range("st/2026/0-3.jpg", 1000, 10**6) == batch[3][1][1000:]
+    with pytest.raises(NotFound):
+        store.get("st/2026/missing.jpg")
+
+
+def test_objects_survive_reopening_the_store(tmp_path):
+    PackStore(tmp_path / "objects").put_many(images(3))
+    again = PackStore(tmp_path / "objects")
+    assert again.get("st/2026/0-2.jpg") == images(3)[2][1]
+
+
+def test_a_pack_file_goes_when_its_last_object_is_deleted_or_replaced(tmp_path):
+    store = PackStore(tmp_path / "objects")
+    packs = tmp_path / "objects" / "packs"
+    store.put_many(images(2))
+    store.delete("st/2026/0-0.jpg")
+    assert len(list(packs.iterdir())) == 1  # the other object still lives in it
+    store.put("st/2026/0-1.jpg", b"\xff\xd8new\xff\xd9")  # replaced: the old pack is unused
+    assert store.get("st/2026/0-1.jpg") == b"\xff\xd8new\xff\xd9"
+    assert len(list(packs.iterdir())) == 1
+    store.delete("st/2026/0-1.jpg")
+    store.delete("st/2026/0-1.jpg")  # a missing object is not an error
+    assert list(packs.iterdir()) == []
+
+
+def test_unsafe_keys_are_refused_before_anything_is_written(tmp_path):
+    store = PackStore(tmp_path / "objects")
+    with pytest.raises(ValueError, match="unsafe object key"):
+        store.put_many([("ok.jpg", b"a"), ("../escape.jpg", b"b")])
+    assert list((tmp_path / "objects" / "packs").iterdir()) == []
+
+
+def test_a_crash_before_the_index_commit_leaves_no_object_and_no_half_one(tmp_path):
+    # the process dies (SIGKILL-like os._exit) right after the pack file is durable
+    child = textwrap.dedent(
+        f"""
+        import os
+        from cloud.storage.pack import PackStore
+        store = PackStore({str(tmp_path / "objects")!r})
+        store.put_many([("st/kept.jpg", b"kept")])
+        store._transaction = lambda: os._exit(9)
+        store.put_many([("st/lost.jpg", b"lost"), ("st/kept.jpg", b"overwritten")])
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", child], cwd=ROOT, timeout=60)
+    assert done.returncode == 9
+    store = PackStore(tmp_path / "objects")
+    with pytest.raises(NotFound):
+        store.get("st/lost.jpg")
+    assert store.get("st/kept.jpg") == b"kept"
+
+
+def test_a_full_disk_is_backend_unavailable_and_keeps_what_was_stored(tmp_path):
+    with tmpfs(tmp_path / "small", "1m") as root:
+        store = PackStore(root / "objects")
+        store.put_many(images(5))
+        stored = 1
+        with pytest.raises(BackendUnavailable, match="pack store"):
+            for n in range(100):
+                store.put_many([(f"st/big-{n}.jpg", os.urandom(200_000))])
+                stored += 1
+        assert store.get("st/2026/0-4.jpg") == images(5)[4][1]
+        assert len(list((root / "objects" / "packs").iterdir())) == stored  # no partial pack
+        store.close()
