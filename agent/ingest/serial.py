@@ -80,7 +80,7 @@ class SerialLink:
             try:
                 ser = serial.Serial(self.port, self.baudrate, timeout=0.5, write_timeout=5)
             except (serial.SerialException, OSError) as exc:
-                self.problem = f"cannot open ({exc}); retrying every {self.reopen_s:g} s"
+                self.problem = f"cannot open ({_why(exc)}); retrying every {self.reopen_s:g} s"
                 if not down_logged:
                     log.warning(
                         "%s: cannot open (%s); retrying every %.0f s", self.port, exc, self.reopen_s
@@ -132,6 +132,18 @@ class SerialLink:
                     noise_seen = decoder.noise_bytes
             elif self.assembler.open:
                 self.assembler.expire()
+
+
+def _why(exc: BaseException) -> str:
+    """pyserial's "could not open port P: [Errno 2] No such file or directory: 'P'" as the words
+    a person needs: "No such file or directory"."""
+    text = str(exc)
+    if "] " in text:
+        text = text.rsplit("] ", 1)[1]
+    text = text.split(": '", 1)[0]
+    if text == "Permission denied":
+        text += ": the station's user needs the dialout group"
+    return text
 
 
 class SerialIngest:
