@@ -275,6 +275,12 @@ def measure(captures: int, units: int, idle_seconds: float) -> dict[str, float]:
         finally:
             proc.terminate()
             proc.wait(30)
+        # the raw ceilings again after the station, keeping the higher: load from elsewhere on a
+        # shared machine then flatters neither side of the ratio
+        again = folder / "again"
+        again.mkdir()
+        results["raw_sqlite_per_s"] = max(results["raw_sqlite_per_s"], raw_sqlite(blobs, again))
+        results["raw_mqtt_per_s"] = max(results["raw_mqtt_per_s"], raw_mqtt(blobs, broker))
     ceiling = min(results["raw_sqlite_per_s"], results["raw_mqtt_per_s"])
     results["lower_ceiling_per_s"] = ceiling
     results["ratio_mqtt"] = results["station_mqtt_per_s"] / ceiling

@@ -13,10 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cloud.db import Database
+from cloud.db.sqlite import SQLiteDatabase
+
+ROLLOUT_LOCK = 0x726F6C6C  # advisory lock key of rollout state on PostgreSQL ("roll")
 
 # What a targeted station is doing, as the operator sees it.
 TARGET_STATES = (
@@ -205,31 +210,47 @@ def station_labels(db: Database) -> dict[str, set[str]]:
 _ROLLOUT_COLUMNS = "rollout_id, name, version, created_at, updated_at, state, wave, spec, reason"
 
 
-def _load(db: Database, where: str = "", args: tuple[Any, ...] = ()) -> list[Rollout]:
-    with db.transaction(write=False) as cur:
-        cur.execute(f"SELECT {_ROLLOUT_COLUMNS} FROM rollouts {where} ORDER BY created_at", args)
-        rows = cur.fetchall()
-        out = []
-        for r in rows:
-            rollout = Rollout(
-                r[0], r[1], r[2], r[3], r[4], r[5], int(r[6]), RolloutSpec.from_json(r[7]), r[8]
-            )
-            cur.execute(
-                "SELECT station_id, wave, state, reason, previous_version, updated_at, reported_at "
-                "FROM rollout_targets WHERE rollout_id = ?",
-                (rollout.rollout_id,),
-            )
-            for t in cur.fetchall():
-                rollout.targets[t[0]] = Target(t[0], int(t[1]), t[2], t[3], t[4], t[5], t[6])
-            out.append(rollout)
+def _select(cur: Any, where: str = "", args: tuple[Any, ...] = ()) -> list[Rollout]:
+    cur.execute(f"SELECT {_ROLLOUT_COLUMNS} FROM rollouts {where} ORDER BY created_at", args)
+    out = []
+    for r in cur.fetchall():
+        spec = RolloutSpec.from_json(r[7])
+        out.append(Rollout(r[0], r[1], r[2], r[3], r[4], r[5], int(r[6]), spec, r[8]))
+    for rollout in out:
+        cur.execute(
+            "SELECT station_id, wave, state, reason, previous_version, updated_at, reported_at "
+            "FROM rollout_targets WHERE rollout_id = ?",
+            (rollout.rollout_id,),
+        )
+        for t in cur.fetchall():
+            rollout.targets[t[0]] = Target(t[0], int(t[1]), t[2], t[3], t[4], t[5], t[6])
     return out
 
 
-def _save(cur: Any, rollout: Rollout, changed: set[str]) -> None:
-    cur.execute(
-        "UPDATE rollouts SET updated_at = ?, state = ?, wave = ?, reason = ? WHERE rollout_id = ?",
-        (rollout.updated_at, rollout.state, rollout.wave, rollout.reason, rollout.rollout_id),
-    )
+def _load(db: Database, where: str = "", args: tuple[Any, ...] = ()) -> list[Rollout]:
+    with db.transaction(write=False) as cur:
+        return _select(cur, where, args)
+
+
+@contextmanager
+def _locked(db: Database) -> Iterator[Any]:
+    """A write transaction that holds the rollout lock from its start, across processes and
+    replicas, so a read-modify-write of rollout state never loses another's update."""
+    with db.transaction() as cur:
+        if isinstance(db, SQLiteDatabase):
+            cur.execute("UPDATE rollouts SET wave = wave WHERE 1 = 0")  # takes SQLite's write lock
+        else:
+            cur.execute("SELECT pg_advisory_xact_lock(?)", (ROLLOUT_LOCK,))
+        yield cur
+
+
+def _save(cur: Any, rollout: Rollout, changed: set[str], *, row: bool = True) -> None:
+    if row:
+        cur.execute(
+            "UPDATE rollouts SET updated_at = ?, state = ?, wave = ?, reason = ? "
+            "WHERE rollout_id = ?",
+            (rollout.updated_at, rollout.state, rollout.wave, rollout.reason, rollout.rollout_id),
+        )
     for station_id in sorted(changed):
         t = rollout.targets[station_id]
         cur.execute(
@@ -279,9 +300,9 @@ def create(
     for t in (spec.success_threshold, spec.error_threshold):
         if not 0 < t <= 1:
             raise RolloutError(f"threshold {t} must be in (0, 1]")
-    earlier = rollouts_of(db, name)
-    rollout_id = f"{name}@{version}#{len(earlier) + 1}"
-    with db.transaction() as cur:
+    with _locked(db) as cur:
+        earlier = _select(cur, "WHERE name = ?", (name,))
+        rollout_id = f"{name}@{version}#{len(earlier) + 1}"
         for old in earlier:
             if old.state in LIVE:
                 cur.execute(
@@ -300,7 +321,17 @@ def create(
 def _change(db: Database, name: str, now: float | None, action: str) -> Rollout:
     now = time.time() if now is None else now
     evaluate(db, now)
-    rollout = latest(db, name)
+    with _locked(db) as cur:
+        found = _select(cur, "WHERE name = ?", (name,))
+        if not found:
+            raise RolloutError(f"model {name!r} has no rollout")
+        rollout = found[-1]
+        _act(rollout, action, now, cur)
+    evaluate(db, now)
+    return latest(db, name)
+
+
+def _act(rollout: Rollout, action: str, now: float, cur: Any) -> None:
     changed: set[str] = set()
     if action == "pause":
         _need(rollout, ("running",), action)
@@ -325,10 +356,7 @@ def _change(db: Database, name: str, now: float | None, action: str) -> Rollout:
                 t.state, t.reason, t.updated_at = "rolling_back", None, now
                 changed.add(t.station_id)
     rollout.updated_at = now
-    with db.transaction() as cur:
-        _save(cur, rollout, changed)
-    evaluate(db, now)
-    return latest(db, name)
+    _save(cur, rollout, changed)
 
 
 def _need(rollout: Rollout, states: tuple[str, ...], action: str) -> None:
@@ -403,51 +431,57 @@ def evaluate(db: Database, now: float | None = None) -> None:
     now = time.time() if now is None else now
     fleet = [s["station_id"] for s in db.list_stations() if not s["revoked"]]
     labels = station_labels(db)
-    for rollout in _load(db, "WHERE state IN ('running', 'paused', 'finished', 'rolled_back')"):
-        changed: set[str] = set()
-        dirty = False
-        if rollout.state in LIVE:
-            for station_id, wave in _membership(rollout, fleet, labels).items():
-                if station_id not in rollout.targets:
-                    state = "pending" if wave <= rollout.wave else "waiting"
-                    rollout.targets[station_id] = Target(
-                        station_id, wave, state, None, None, now, None
-                    )
-                    changed.add(station_id)
-        for t in rollout.targets.values():
-            if t.state in (*DONE, "waiting", "timed_out"):
-                continue
-            heard = max(t.updated_at, t.reported_at or 0.0)
-            if now - heard > rollout.spec.timeout_s:
-                t.state, t.updated_at = "timed_out", now
-                t.reason = f"no report for {rollout.spec.timeout_s:g} s"
-                changed.add(t.station_id)
-        while rollout.state in ("running", "finished"):
-            # a finished rollout whose stations later roll back pauses too, so it is seen
-            counts = wave_counts(rollout, rollout.wave)
-            n = counts["targets"]
-            if n and counts["errors"] and counts["errors"] / n >= rollout.spec.error_threshold:
-                rollout.state = "paused"
-                rollout.reason = (
-                    f"wave {rollout.wave + 1}: {counts['errors']} of {n} failed or rolled back "
-                    f"(error threshold {rollout.spec.error_threshold:.0%})"
-                )
-                dirty = True
-                break
-            if rollout.state == "finished":
-                break
-            if n and counts["active"] / n < rollout.spec.success_threshold:
-                break
-            if rollout.wave + 1 >= len(rollout.spec.waves):
-                if all(t.state in DONE for t in rollout.targets.values()):
-                    rollout.state, rollout.reason, dirty = "finished", None, True
-                break
-            changed |= _start_wave(rollout, rollout.wave + 1, now)
+    with _locked(db) as cur:
+        for rollout in _select(
+            cur, "WHERE state IN ('running', 'paused', 'finished', 'rolled_back')"
+        ):
+            _evaluate_one(cur, rollout, fleet, labels, now)
+
+
+def _evaluate_one(
+    cur: Any, rollout: Rollout, fleet: list[str], labels: dict[str, set[str]], now: float
+) -> None:
+    changed: set[str] = set()
+    dirty = False
+    if rollout.state in LIVE:
+        for station_id, wave in _membership(rollout, fleet, labels).items():
+            if station_id not in rollout.targets:
+                state = "pending" if wave <= rollout.wave else "waiting"
+                rollout.targets[station_id] = Target(station_id, wave, state, None, None, now, None)
+                changed.add(station_id)
+    for t in rollout.targets.values():
+        if t.state in (*DONE, "waiting", "timed_out"):
+            continue
+        heard = max(t.updated_at, t.reported_at or 0.0)
+        if now - heard > rollout.spec.timeout_s:
+            t.state, t.updated_at = "timed_out", now
+            t.reason = f"no report for {rollout.spec.timeout_s:g} s"
+            changed.add(t.station_id)
+    while rollout.state in ("running", "finished"):
+        # a finished rollout whose stations later roll back pauses too, so it is seen
+        counts = wave_counts(rollout, rollout.wave)
+        n = counts["targets"]
+        if n and counts["errors"] and counts["errors"] / n >= rollout.spec.error_threshold:
+            rollout.state = "paused"
+            rollout.reason = (
+                f"wave {rollout.wave + 1}: {counts['errors']} of {n} failed or rolled back "
+                f"(error threshold {rollout.spec.error_threshold:.0%})"
+            )
             dirty = True
-        if changed or dirty:
-            rollout.updated_at = now
-            with db.transaction() as cur:
-                _save(cur, rollout, changed)
+            break
+        if rollout.state == "finished":
+            break
+        if n and counts["active"] / n < rollout.spec.success_threshold:
+            break
+        if rollout.wave + 1 >= len(rollout.spec.waves):
+            if all(t.state in DONE for t in rollout.targets.values()):
+                rollout.state, rollout.reason, dirty = "finished", None, True
+            break
+        changed |= _start_wave(rollout, rollout.wave + 1, now)
+        dirty = True
+    if changed or dirty:
+        rollout.updated_at = now
+        _save(cur, rollout, changed)
 
 
 # --- station side: reports in, manifest out ------------------------------------------------------
@@ -465,41 +499,44 @@ def apply_report(
     models = report.get("models") if isinstance(report, dict) else None
     if not isinstance(models, dict):
         return
-    for name, info in models.items():
-        if not isinstance(info, dict):
-            continue
-        active = info.get("active")
-        job = _mapping(info.get("job"))
-        bad = _mapping(info.get("bad"))
-        undone = _mapping(info.get("rolled_back"))
-        previous = info.get("previous") if isinstance(info.get("previous"), list) else []
-        for rollout in rollouts_of(db, str(name)):
-            t = rollout.targets.get(station_id)
-            if t is None or t.state == "waiting":
-                continue
-            state, reason = t.state, t.reason
-            v = rollout.version
-            if rollout.state == "rolled_back" and t.state in ("rolling_back", "rolled_back"):
-                if active is not None and active == t.previous_version:
-                    state, reason = "rolled_back", "rolled back by the operator"
-            elif v in undone:
-                state, reason = "rolled_back", str(undone[v])
-            elif v in bad:
-                state, reason = "failed", str(bad[v])
-            elif active == v:
-                state, reason = "active", None
-            elif job.get("version") == v and job.get("state") in JOB_STATES:
-                state, reason = str(job["state"]), job.get("reason")
-            elif t.state in ("timed_out", "active") and rollout.state in LIVE:
-                state, reason = "pending", None  # back after a silence, or moved off it
-            if t.previous_version is None and active and active != v:
-                t.previous_version = str(active)
-            elif t.previous_version is None and active == v and previous:
-                t.previous_version = str(previous[0])  # it switched before we heard of it
-            t.state, t.reason, t.reported_at = state, reason, now
-            with db.transaction() as cur:
-                _save(cur, rollout, {station_id})
+    with _locked(db) as cur:
+        for name, info in models.items():
+            if isinstance(info, dict):
+                _apply_one(cur, station_id, str(name), info, now)
     evaluate(db, now)
+
+
+def _apply_one(cur: Any, station_id: str, name: str, info: dict[str, Any], now: float) -> None:
+    active = info.get("active")
+    job = _mapping(info.get("job"))
+    bad = _mapping(info.get("bad"))
+    undone = _mapping(info.get("rolled_back"))
+    previous = info.get("previous") if isinstance(info.get("previous"), list) else []
+    for rollout in _select(cur, "WHERE name = ?", (name,)):
+        t = rollout.targets.get(station_id)
+        if t is None or t.state == "waiting":
+            continue
+        state, reason = t.state, t.reason
+        v = rollout.version
+        if rollout.state == "rolled_back" and t.state in ("rolling_back", "rolled_back"):
+            if active is not None and active == t.previous_version:
+                state, reason = "rolled_back", "rolled back by the operator"
+        elif v in undone:
+            state, reason = "rolled_back", str(undone[v])
+        elif v in bad:
+            state, reason = "failed", str(bad[v])
+        elif active == v:
+            state, reason = "active", None
+        elif job.get("version") == v and job.get("state") in JOB_STATES:
+            state, reason = str(job["state"]), job.get("reason")
+        elif t.state in ("timed_out", "active") and rollout.state in LIVE:
+            state, reason = "pending", None  # back after a silence, or moved off it
+        if t.previous_version is None and active and active != v:
+            t.previous_version = str(active)
+        elif t.previous_version is None and active == v and previous:
+            t.previous_version = str(previous[0])  # it switched before we heard of it
+        t.state, t.reason, t.reported_at = state, reason, now
+        _save(cur, rollout, {station_id}, row=False)
 
 
 def _mapping(value: Any) -> dict[str, Any]:

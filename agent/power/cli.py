@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.bufferlock import BufferInUse, BufferLock
 from agent.config import Config, load_config
 from agent.install import station_data_dir
 from agent.power.history import Hold, PowerHistory
@@ -148,15 +149,25 @@ def cmd_hold(args: argparse.Namespace) -> int:
     else:
         # daemon down: store the hold where the daemon finds it when it starts
         data_dir, found_by = station_data_dir(config.station.data_dir, args.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        lock = BufferLock(data_dir)
+        try:
+            lock.acquire()  # a daemon that runs but does not answer keeps its buffer to itself
+        except BufferInUse as exc:
+            raise SystemExit(
+                f"fieldstation: {exc}; it does not answer on {config.http.listen} (--http?)"
+            ) from None
         try:
             store = Store(data_dir / BUFFER_FILE)
         except StoreError as exc:
+            lock.release()
             raise SystemExit(f"fieldstation: {exc} (folder from {found_by})") from None
         try:
             now = time.time()
             PowerHistory(store).set_hold(Hold(now + seconds, now, args.reason) if seconds else None)
         finally:
             store.close()
+            lock.release()
         doc = read_directly(config, data_dir)
         doc["note"] = "daemon not running: the hold is stored and applies when it starts"
     if args.json:

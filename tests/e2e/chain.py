@@ -481,9 +481,13 @@ class Fleet:
         senders.append(("c0ffee01", http_sender(base, "c0ffee01", self.tally)))
         for k, (name, send) in enumerate(senders):
             driver = UnitDriver(
-                name, send, lambda n, k=k: self.images(k * 7 + n), self.tally,
-                interval_s=interval_s, seed=seed + k,
-            )  # fmt: skip
+                name,
+                send,
+                lambda n, k=k: self.images(k * 7 + n),
+                self.tally,
+                interval_s=interval_s,
+                seed=seed + k,
+            )
             self.drivers.append(driver)
         for unit in self.units:
             try:

@@ -16,9 +16,12 @@ REPORTS = HERE / "reports"  # the documented place (README: End-to-end and chaos
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # longer runs on hardware get a pytest-timeout that grows with them
+    minutes = float(config.getoption("--chaos-minutes")) + float(config.getoption("--soak-minutes"))
     for item in items:
         if HERE in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.e2e)
+            item.add_marker(pytest.mark.timeout(300 + int(150 * minutes)))
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ import os
 import subprocess
 from dataclasses import dataclass, field
 
-# a private /30 per cloud, only ever inside our own namespaces and veth pairs
+# a private /30 per cloud, only ever inside our own namespaces and veth pairs; `i` is chosen so
+# that two runs at once (two pids) never share a subnet
 SUBNET = "10.250.{i}.{host}"
 
 
@@ -69,11 +70,17 @@ def make_links(names: list[str]) -> tuple[dict[str, CloudLink], str]:
     tag = f"fse{os.getpid() % 100000}"
     made: list[CloudLink] = []
     try:
+        taken = _ip("-4", "-o", "addr", "show").stdout
+        first = next(
+            k
+            for k in range(1, 250, len(names))
+            if not any(f" 10.250.{k + j}." in taken for j in range(len(names)))
+        )
         for i, name in enumerate(names):
             ns, host_if, peer = f"{tag}-{name}", f"{tag}h{i}", f"{tag}c{i}"
             link = CloudLink(name, ns, host_if)
-            link.station_addr = SUBNET.format(i=i + 1, host=1)
-            link.cloud_addr = SUBNET.format(i=i + 1, host=2)
+            link.station_addr = SUBNET.format(i=first + i, host=1)
+            link.cloud_addr = SUBNET.format(i=first + i, host=2)
             _check(_ip("netns", "add", ns), "netns add")
             made.append(link)
             _check(_ip("link", "add", host_if, "type", "veth", "peer", "name", peer), "veth")
@@ -84,7 +91,7 @@ def make_links(names: list[str]) -> tuple[dict[str, CloudLink], str]:
             _check(_ip("-n", ns, "link", "set", peer, "up"), "peer up")
             _check(_ip("-n", ns, "link", "set", "lo", "up"), "lo up")
         return {link.name: link for link in made}, "network namespaces joined by veth pairs"
-    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+    except (OSError, RuntimeError, StopIteration, subprocess.SubprocessError) as exc:
         for link in made:
             link.close()
         return (

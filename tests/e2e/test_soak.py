@@ -92,7 +92,7 @@ def test_soak_nothing_grows_without_bound(tmp_path, soak_settings, seed, report_
                 broker_port=broker.port,
                 extra=f"[storage]\nquota_bytes = {QUOTA}\nevict_interval_s = 1\n"
                 "[inference]\nenabled = false\n[power]\nenabled = false\n",
-            )  # fmt: skip
+            )
         )
         station = StationProcess(config, http_port, tmp_path / "station.log")
         station.start()

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from cloud import rollout as ro
 from cloud.db import open_database
+from tests.cloud.cloud_services import postgres_server
 
 STATIONS = [f"st-{i:02d}" for i in range(1, 21)]
 
 
-@pytest.fixture
-def db(tmp_path):
-    database = open_database(f"sqlite:///{tmp_path / 'cloud.sqlite3'}")
+@pytest.fixture(scope="module")
+def pg():
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request, tmp_path):
+    if request.param == "sqlite":
+        database = open_database(f"sqlite:///{tmp_path / 'cloud.sqlite3'}")
+    else:  # the same SQL on PostgreSQL from Debian's packages, in a temp dir
+        database = open_database(request.getfixturevalue("pg").create_database())
     for s in STATIONS:
         database.add_station(s)
     for v in ("1.0.0", "2.0.0", "3.0.0"):
@@ -139,3 +151,27 @@ def test_cohorts_and_promote(db):
 def test_a_rollout_of_an_unpublished_version_is_refused(db):
     with pytest.raises(ro.RolloutError, match="not published"):
         ro.create(db, "det", "9.9.9", ro.RolloutSpec(waves=(ro.Wave(percent=10),)))
+
+
+def test_concurrent_reports_and_an_operator_pause_lose_nothing(db):
+    spec = ro.RolloutSpec(waves=(ro.Wave(percent=100), ro.Wave(stations=("st-99",))))
+    ro.create(db, "det", "2.0.0", spec, now=0)
+    start = threading.Barrier(len(STATIONS) + 1)
+
+    def station(sid: str) -> None:
+        start.wait()
+        report(db, sid, active="2.0.0", previous=["1.0.0"], now=10)
+
+    def operator() -> None:
+        start.wait()
+        ro.pause(db, "det", now=10)
+
+    threads = [threading.Thread(target=station, args=(s,)) for s in STATIONS]
+    threads.append(threading.Thread(target=operator))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    doc = ro.status(db, "det", now=11)
+    assert doc["state"] == "paused" and doc["reason"] == "paused by the operator"
+    assert {s["state"] for s in doc["stations"] if s["station_id"] != "st-99"} == {"active"}
