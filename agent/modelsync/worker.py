@@ -13,6 +13,7 @@ to roll back, it is simply sent again later.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import statistics
@@ -200,7 +201,27 @@ class ModelSync:
                 )
                 self._set_job(release, "failed", f"already marked bad: {reason}")
             return
+        if self._kept_locally(release):
+            return
         self.install(release)
+
+    def _kept_locally(self, release: Release) -> bool:
+        """A version still on disk (one of the previous two) whose card is the signed one is
+        switched back to without a download (an operator's rollback, offline-fast)."""
+        folder = self.versions.versions / release.version
+        try:
+            kept = json.loads((folder / "model.json").read_bytes()) == release.card
+        except (OSError, ValueError):
+            return False
+        if not kept or not self.may_activate():
+            return False
+        try:
+            self.activate(release.version, how="sync")
+        except (PointerError, PackageError) as exc:
+            log.warning("model sync: kept copy of %s unusable (%s); fetching it", release.id, exc)
+            return False
+        self._set_job(release, "active", None)
+        return True
 
     # --- install: download, verify, self-test, shadow, activate ---------------------------------
 
@@ -266,7 +287,11 @@ class ModelSync:
                 self._set_job(release, "shadow", None)
                 with self._stage("shadow"):
                     shadow = self._shadow(package)
-                needed = max(s.min_agreement, release.min_agreement or 0.0)
+                needed = max(
+                    s.min_agreement,
+                    release.min_agreement or 0.0,
+                    float(release.card.get("min_agreement", 0.0)),  # once cards may carry it
+                )
                 agreement = shadow.agreement
                 self.last_shadow = {"version": release.version, **shadow.as_json()}
                 self.versions.mark(release.version, "installed", None, self.last_shadow)

@@ -142,7 +142,6 @@ class PowerWorker:
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._units: dict[str, _UnitPush] = {}
-        self._units_looked_at = -1e9  # monotonic time unit_seen last woke the loop
         self._last_history = 0.0
         self.reading: Reading | None = None
         self.ticks = 0
@@ -187,13 +186,7 @@ class PowerWorker:
             if now - push.last_seen > WAKE_GAP_S:
                 push.due = True
             push.last_seen = now
-            # a new wake is pushed at once; otherwise one look a second, not one per frame
-            # (a capture is several frames, and each look reads every unit from the buffer)
-            wake = push.due or now - self._units_looked_at >= 1.0
-            if wake:
-                self._units_looked_at = now
-        if wake:
-            self._wake.set()
+        self._wake.set()
 
     def capture_stored(self, unit_id: str, capture_id: str, duplicate: bool) -> None:
         if not duplicate:

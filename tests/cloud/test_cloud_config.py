@@ -61,7 +61,7 @@ def test_the_cloud_uses_the_station_loader(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(path, env={"FIELDSTATION_CLOUD_LIMITS_MAX_ITEMS": "0"})
     assert str(err.value).splitlines() == [
-        f"{path}:4: [storage] backend: 's4' is not one of local, s3, azure, gcs",
+        f"{path}:4: [storage] backend: 's4' is not one of local, pack, s3, azure, gcs",
         f"{path}:5: unknown key [storage] buckt; did you mean `bucket`? [storage] takes: "
         + ", ".join(f.name for f in dataclasses.fields(StorageConfig)),
         "environment FIELDSTATION_CLOUD_LIMITS_MAX_ITEMS: [limits] max_items: 0 is below the "

@@ -6,6 +6,7 @@ import pytest
 
 from agent.cli import main
 from agent.power.settings import parse_duration
+from tests.helpers import free_port
 
 
 def test_config_check_names_the_line_of_each_bad_threshold(tmp_path, capsys):
@@ -35,6 +36,8 @@ def test_config_check_names_the_line_of_each_bad_threshold(tmp_path, capsys):
 def test_a_sound_power_section_passes(tmp_path, capsys):
     conf = tmp_path / "station.toml"
     conf.write_text(
+        f'[station]\ndata_dir = "{tmp_path / "data"}"\n'
+        f'[http]\nlisten = "127.0.0.1:{free_port()}"\n'
         '[power]\nshutdown_command = ["systemctl", "poweroff"]\n'
         '[[power.sources]]\nkind = "hwmon"\nname = "ina219"\nchemistry = "lead-acid"\ncells = 6\n'
         '[[power.policy]]\nstate = "critical"\ncapture_interval_s = 7200\nquiet = "19:00-07:00"\n'

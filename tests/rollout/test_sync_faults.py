@@ -374,3 +374,21 @@ def test_probation_rolls_back_on_inference_errors_and_latency(tmp_path, cloud_en
     rig.sync.check_probation()
     assert rig.running() == "1.0.0"
     assert rig.sync.versions.refused()["2.0.0"] == ("rolled_back", reason)
+
+
+def test_an_operator_rollback_switches_back_to_the_kept_copy_without_a_download(
+    tmp_path, cloud_env
+):
+    rig = Rig(tmp_path, cloud_env).with_v1()
+    rig.publish("2.0.0")
+    rig.roll("2.0.0")
+    rig.sync.poll()
+    assert rig.running() == "2.0.0" and rig.sync.send_report()
+    spent = rig.model_bytes_today()
+    ro.rollback(rig.service.db, rig.name)
+    rig.sync.poll()
+    assert rig.running() == "1.0.0"
+    assert rig.model_bytes_today() == spent  # the previous version was still on disk
+    assert rig.sync.send_report()
+    state = {s["station_id"]: s for s in ro.status(rig.service.db, rig.name)["stations"]}
+    assert state[rig.sid]["state"] == "rolled_back"

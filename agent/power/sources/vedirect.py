@@ -44,6 +44,10 @@ class VeDirectParser:
 
     def __init__(self) -> None:
         self.counts = ParserCounts()
+        self.resync()
+
+    def resync(self) -> None:
+        """Forget a partial block (the port was reopened); the counts go on."""
         self._state = _IDLE
         self._saved = _IDLE
         self._sum = 0
@@ -210,7 +214,7 @@ class VeDirectSource:
                 self._error = f"cannot open {self.config.port}: {exc}"
                 self._stop.wait(10.0)
                 continue
-            self.parser = VeDirectParser()
+            self.parser.resync()
             self._port = port
             try:
                 while not self._stop.is_set():
