@@ -69,6 +69,9 @@ class ModelCard:
     selftest: tuple[dict[str, Any], ...]
     description: str = ""
     license: str = ""
+    # rollout gates a card may set; a station's own [modelsync] figures apply when they are absent
+    latency_budget_ms: float | None = None
+    min_agreement: float | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -203,11 +206,18 @@ def parse_card(data: bytes | str | dict[str, Any], source: str = "model.json") -
         _check_selftest(entry, f"selftest[{i}]", p)
     description = get("description", str, "")
     license_ = get("license", str, "")
+    latency_budget = get("latency_budget_ms", (int, float), None)
+    if latency_budget is not None and not 0 < latency_budget <= 600_000:
+        p.add("latency_budget_ms", f"{latency_budget} is not a time in (0, 600000] ms")
+    min_agreement = get("min_agreement", (int, float), None)
+    if min_agreement is not None and not 0 <= min_agreement <= 1:
+        p.add("min_agreement", f"{min_agreement} is not a share between 0 and 1")
 
     known = {
         "format", "name", "version", "task", "input", "labels", "groups", "default_group",
         "thresholds", "nms_iou", "max_detections", "decoder", "model", "sha256", "selftest",
-        "description", "license", "author", "source", "notes",
+        "description", "license", "author", "source", "notes", "latency_budget_ms",
+        "min_agreement",
     }  # fmt: skip
     for key in d:
         if key not in known:
@@ -231,6 +241,8 @@ def parse_card(data: bytes | str | dict[str, Any], source: str = "model.json") -
         selftest=tuple(selftest),
         description=description,
         license=license_,
+        latency_budget_ms=None if latency_budget is None else float(latency_budget),
+        min_agreement=None if min_agreement is None else float(min_agreement),
         raw=d,
     )
 

@@ -156,7 +156,8 @@ def self_test(
         package.selftest()
     except PackageError as exc:
         raise VerifyError("selftest", str(exc)) from None
-    budget = float(package.card.raw.get("latency_budget_ms", latency_budget_ms))
+    card_budget = package.card.latency_budget_ms
+    budget = latency_budget_ms if card_budget is None else card_budget
     image = pattern_image("ramp", package.card.input.width, package.card.input.height)
     times = []
     for _ in range(runs):

@@ -290,7 +290,7 @@ class ModelSync:
                 needed = max(
                     s.min_agreement,
                     release.min_agreement or 0.0,
-                    float(release.card.get("min_agreement", 0.0)),  # once cards may carry it
+                    package.card.min_agreement or 0.0,
                 )
                 agreement = shadow.agreement
                 self.last_shadow = {"version": release.version, **shadow.as_json()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import subprocess
 import threading
 import time
@@ -25,7 +26,7 @@ from agent.power.settings import PowerSection
 from agent.power.sources import Reading, Source, SourceError, open_source
 from agent.power.states import PowerStates, State
 from agent.power.trust import Judge, SourceHealth, pick
-from agent.store import Store
+from agent.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ class PowerWorker:
         self._wake = threading.Event()
         self._units: dict[str, _UnitPush] = {}
         self._last_history = 0.0
+        self.history_errors = 0
         self.reading: Reading | None = None
         self.ticks = 0
         self.current = self._compose(now)
@@ -165,11 +167,11 @@ class PowerWorker:
         with self._lock:
             if duration_s == 0:
                 self.hold_until = None
-                self.history.set_hold(None)
+                self._record(self.history.set_hold, None)
                 self._event("hold_cleared", reason)
             else:
                 self.hold_until = now + duration_s
-                self.history.set_hold(Hold(self.hold_until, now, reason))
+                self._record(self.history.set_hold, Hold(self.hold_until, now, reason))
                 self._event("hold", f"{duration_s:.0f} s by {reason}")
             self._publish(now)
             state = self.current
@@ -242,8 +244,13 @@ class PowerWorker:
                 log.warning("power: %s -> %s: %s", t.old.value, t.new.value, t.reason)
                 if self.metrics is not None:
                     self.metrics.transitions.labels(t.new.value).inc()
-                self.history.add_transition(
-                    now, t.old.value, t.new.value, t.reason, self._evidence(now)
+                self._record(
+                    self.history.add_transition,
+                    now,
+                    t.old.value,
+                    t.new.value,
+                    t.reason,
+                    self._evidence(now),
                 )
             if (
                 reading is not None
@@ -251,11 +258,11 @@ class PowerWorker:
                 and now - self._last_history >= self.s.history_interval_s
             ):
                 self._last_history = now
-                self.history.add_reading(reading, self.states.state.value)
+                self._record(self.history.add_reading, reading, self.states.state.value)
             if self.hold_until is not None and now >= self.hold_until and not self.observe_only:
                 log.info("power: the hold expired")
                 self.hold_until = None
-                self.history.set_hold(None)
+                self._record(self.history.set_hold, None)
                 self._event("hold_expired", "")
             self._publish(now)
             return self.current
@@ -337,7 +344,16 @@ class PowerWorker:
             log.exception("power subscriber failed")
 
     def _event(self, kind: str, detail: str) -> None:
-        self.history.add_event(self.clock(), kind, detail)
+        self._record(self.history.add_event, self.clock(), kind, detail)
+
+    def _record(self, write: Callable[..., None], *args: Any) -> None:
+        """Write to the power history; a full or failing disk must not stop the power policy."""
+        try:
+            write(*args)
+        except (sqlite3.Error, StoreError) as exc:
+            self.history_errors += 1
+            if self.history_errors == 1 or self.history_errors % 100 == 0:
+                log.error("power history not written (%d so far): %s", self.history_errors, exc)
 
     # --- units ---------------------------------------------------------------------------------
 

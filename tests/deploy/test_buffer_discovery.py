@@ -62,3 +62,19 @@ def test_no_buffer_anywhere_names_the_folder_it_tried(buffer_dir: Path, monkeypa
     with pytest.raises(SystemExit) as exc:
         main(["queue", *no_config(buffer_dir.parent)])
     assert "from the default ./fieldstation-data" in str(exc.value)
+
+
+def test_upload_status_finds_the_systemd_station_buffer_like_status(
+    buffer_dir: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setattr(agent.install, "DATA_DIR", str(buffer_dir))
+    assert main(["upload", "status", "--json", *no_config(buffer_dir.parent)]) == 0
+    assert json.loads(capsys.readouterr().out)["endpoints"] == []
+
+
+def test_models_list_looks_in_the_systemd_station_folder_like_status(
+    buffer_dir: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setattr(agent.install, "DATA_DIR", str(buffer_dir))
+    assert main(["models", "list", "--json", *no_config(buffer_dir.parent)]) == 0
+    assert json.loads(capsys.readouterr().out)["folders"][0] == str(buffer_dir / "models")

@@ -116,3 +116,29 @@ def test_any_decoder_object_is_taken_or_refused_naming_its_keys(task, options):
             dec.make_decoder(task, s)
     else:
         dec.make_decoder(task, s)
+
+
+def _card_with(**top: object):
+    card = json.loads(json.dumps(YOLO))
+    card.update(top)
+    return parse_card(card, "card")
+
+
+def test_a_card_may_set_its_own_latency_budget_and_minimum_agreement():
+    card = _card_with(latency_budget_ms=250, min_agreement=0.8)
+    assert card.latency_budget_ms == 250.0
+    assert card.min_agreement == 0.8
+    assert _card_with().latency_budget_ms is None
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        ("latency_budget_ms", 0, "not a time"),
+        ("latency_budget_ms", "fast", "a number"),
+        ("min_agreement", 1.5, "not a share"),
+    ],
+)
+def test_rollout_gates_on_a_card_are_checked(key: str, value: object, reason: str):
+    with pytest.raises(PackageError, match=f"{key}.*{reason}"):
+        _card_with(**{key: value})

@@ -59,3 +59,24 @@ def test_a_hold_of_zero_clears_it(sysfs, clock, make_worker, sys_root):
     w.hold(600)
     assert w.hold(0).state == State.ECO
     assert w.history.hold() is None
+
+
+def test_a_history_that_cannot_be_written_does_not_stop_the_policy(
+    sysfs, clock, store, sys_root, tmp_path
+):
+    from agent.power.worker import PowerWorker
+    from agent.store import Store
+
+    # a buffer that refuses writes, as a full or failing disk does
+    refusing = Store(store.path, readonly=True)
+    w = PowerWorker(
+        power_config(sys_root, '[[power.sources]]\nkind = "sysfs"'), refusing, clock=clock
+    )
+    try:
+        sysfs.set(30)
+        assert w.tick().state == State.ECO  # the transition was not stored, the state moved
+        assert w.hold(600).state == State.NORMAL
+        assert w.history_errors >= 2
+    finally:
+        w.close()
+        refusing.close()
