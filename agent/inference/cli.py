@@ -74,9 +74,11 @@ def _config(args: argparse.Namespace) -> Config:
         config = load_config(args.config)
     except ConfigError as exc:
         raise SystemExit(f"fieldstation: {exc}") from None
-    if getattr(args, "data_dir", None):
-        config = config.replace("station", data_dir=str(args.data_dir))
-    return config
+    from agent.install import station_data_dir
+
+    # models live under the station's folder, found as `status` finds it
+    data_dir, _found_by = station_data_dir(config.station.data_dir, getattr(args, "data_dir", None))
+    return config.replace("station", data_dir=str(data_dir))
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import Config, load_config
+from agent.install import station_data_dir
 from agent.store import BUFFER_FILE, PENDING_STATES, Store, StoreError
 from agent.upload import ledger
 from agent.upload.routing import rendezvous_rank
@@ -33,9 +34,9 @@ def add_subcommands(subparsers: Any) -> None:
 
 def _config(args: argparse.Namespace) -> Config:
     config = load_config(args.config)
-    if args.data_dir:
-        config = config.replace("station", data_dir=str(args.data_dir))
-    return config
+    # the buffer is found as `status` finds it (a systemd station's folder with no flags)
+    data_dir, _found_by = station_data_dir(config.station.data_dir, args.data_dir)
+    return config.replace("station", data_dir=str(data_dir))
 
 
 def upload_report(store: Store, config: Config, days: int = 7) -> dict[str, Any]:
