@@ -106,7 +106,8 @@ def _open_readonly(args: argparse.Namespace) -> tuple[Config, Store, str]:
     try:
         return config, Store(data_dir / BUFFER_FILE, readonly=True), found_by
     except StoreError as exc:
-        raise SystemExit(f"fieldstation: {exc} (folder from {found_by}; --data-dir DIR)") from None
+        print(f"fieldstation: {exc} (folder from {found_by}; --data-dir DIR)", file=sys.stderr)
+        raise SystemExit(2) from None  # 2, as --help says: 1 would read as "running, with alarms"
 
 
 STATUS_ALARM = 1  # the daemon runs, but something is unwell (the alarms say what)

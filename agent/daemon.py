@@ -174,7 +174,7 @@ class Station:
                 c.power,
                 self.store,
                 self.metrics,
-                send_command=self.send_command,
+                send_command=self._send_to_unit,
                 checkpoint=self.store.checkpoint,
             )
             self.heartbeat.add("power", self.power.heartbeat)
@@ -339,6 +339,16 @@ class Station:
         return "mqtt" if isinstance(link, MqttIngest) else "serial"
 
     def send_command(self, unit_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A technician's command (API, page, `fieldstation units command`) to a unit.
+
+        Where the power manager sets the units' CONFIG, a technician's CONFIG goes through it: its
+        keys win until the power state changes (agent/power/policy.py has the rule)."""
+        power = self.power
+        if body.get("command") == "config" and power is not None and power.manages_units:
+            return power.technician_config(unit_id, body, self._send_to_unit)
+        return self._send_to_unit(unit_id, body)
+
+    def _send_to_unit(self, unit_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """Send CONFIG, CAPTURE_NOW or SLEEP_NOW to a unit on whichever link it was last seen."""
         link = self._unit_links.get(unit_id)
         if link is None:

@@ -182,21 +182,34 @@ def _wait_status(base: str, station: subprocess.Popen[bytes]) -> dict:
 
 
 def raw_pty(images: list[bytes], n: int) -> None:
-    """Each capture's frames written into a pty and read back whole on the other side."""
+    """Each capture's frames written into a pty while a thread reads them on the other side."""
     master, slave = os.openpty()
     tty.setraw(slave)
+    frames = [
+        b"".join(
+            p.encode_frame(m, 0)
+            for m in p.chunk_capture("raw", i + 1, images[i % len(images)], 4096, 0)
+        )
+        for i in range(n)
+    ]  # encoded before the clock matters as little as the unit's own encoding does
+    total = sum(map(len, frames))
+
+    def read_all() -> None:
+        got = 0
+        while got < total:
+            chunk = os.read(slave, 65536)
+            if not chunk:
+                return
+            got += len(chunk)
+
+    reader = threading.Thread(target=read_all, daemon=True)
+    reader.start()
     try:
-        for i in range(n):
-            jpeg = images[i % len(images)]
-            data = b"".join(
-                p.encode_frame(m, 0) for m in p.chunk_capture("raw", i + 1, jpeg, 4096, 0)
-            )
-            view, got = memoryview(data), 0
-            while view or got < len(data):
-                if view:
-                    w = os.write(master, view[:4096])
-                    view = view[w:]
-                got += len(os.read(slave, 65536))
+        for data in frames:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(master, view) :]
+        reader.join(120)
     finally:
         os.close(master)
         os.close(slave)

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from agent.config.machinery import Problem
 from cloud.config import ConfigError, load_config
 from cloud.schema import STATION_ID_PATTERN
 
@@ -159,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = command(
         "check", "validate the config (file + environment) and print it, secrets masked", csub
     )
+    check.add_argument(
+        "file", nargs="?", help="TOML config file (as --config; FILE as on the station)"
+    )
     check.set_defaults(func=cmd_check_config)
     return parser
 
@@ -183,6 +187,8 @@ def _open(args: argparse.Namespace, *, create: bool = False):  # type: ignore[no
 
 
 def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    if args.config is not None and not Path(args.config).is_file():  # a line, not a traceback
+        raise ConfigError(str(args.config), [Problem("(file)", None, "file does not exist")])
     return load_config(args.config, data_dir=args.data_dir, listen=getattr(args, "listen", None))
 
 
@@ -528,6 +534,8 @@ def cmd_export_megadetector(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     import dataclasses
 
+    if args.file is not None:
+        args.config = args.file
     config = _config(args)
     data = dataclasses.asdict(config)
     for section in data.values():

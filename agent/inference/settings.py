@@ -40,10 +40,11 @@ class InferenceSection:
         [], help="face packages run for the privacy policy, e.g. blazeface-full-range"
     )
     face_threshold: float = opt(0.6, help="minimum score of a face finder's result", min=0, max=1)
+    # on by default: a person uploaded unblurred cannot be taken back; HOG ships in the wheel
     body_models: list[str] = opt(
-        [],
+        ["opencv-hog"],
         help='body finders run for the privacy policy: "opencv-hog" (OpenCV\'s HOG people '
-        "detector, built in) and/or packages such as blazepose-detector",
+        "detector, built in; the default) and/or packages such as blazepose-detector; [] for none",
     )
     body_threshold: float = opt(
         0.65,

@@ -249,6 +249,8 @@ def render(doc: dict[str, Any], now: float) -> str:
             conf = ", config confirmed"
         else:
             conf = ", has NOT confirmed the config" + (f" ({u['note']})" if u["note"] else "")
+        if u.get("technician"):
+            conf += ", the technician's settings until the state changes"
         lines.append(f"unit      {u['unit_id']}: {battery}{conf}")
     if doc.get("critical"):
         lines.append(f"critical  {doc['critical']}")

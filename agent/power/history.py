@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from agent.power.sources import Reading
 from agent.store import Store, StoreError
@@ -48,6 +49,8 @@ CREATE TABLE power_hold (
 """
 
 Store.register_migration("power", 1, SCHEMA_SQL)
+# solar input (panel or charger) in watts, for the station page's 24 h chart next to the battery
+Store.register_migration("power", 2, "ALTER TABLE power_readings ADD COLUMN solar_w REAL;")
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,15 @@ class Hold:
     until: float
     set_at: float
     reason: str
+
+
+class StoredReading(NamedTuple):
+    """One row of power_readings as the chart and the runway trend use it."""
+
+    at: float
+    soc: float | None
+    power_w: float | None  # the battery's, positive while charging
+    solar_w: float | None  # panel or charger input
 
 
 class PowerHistory:
@@ -81,7 +93,7 @@ class PowerHistory:
         with self.store.transaction() as conn:
             conn.execute(
                 """INSERT INTO power_readings (at, source, soc, voltage_v, current_a, power_w,
-                       charging, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                       solar_w, charging, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
                     reading.at,
                     reading.source,
@@ -89,6 +101,7 @@ class PowerHistory:
                     reading.voltage_v,
                     reading.current_a,
                     reading.power_w,
+                    reading.solar_w,
                     None if reading.charging is None else int(reading.charging),
                     state,
                 ),
@@ -158,10 +171,11 @@ class PowerHistory:
             ).fetchall()
         return [dict(r) for r in rows]
 
-    def readings(self, since: float) -> list[tuple[float, float | None, float | None]]:
-        """(at, soc, power_w) of the stored readings since a time, oldest first."""
+    def readings(self, since: float) -> list[StoredReading]:
+        """The stored readings since a time, oldest first."""
         with self.store.read() as conn:
             rows = conn.execute(
-                "SELECT at, soc, power_w FROM power_readings WHERE at >= ? ORDER BY at", (since,)
+                "SELECT at, soc, power_w, solar_w FROM power_readings WHERE at >= ? ORDER BY at",
+                (since,),
             ).fetchall()
-        return [(r[0], r[1], r[2]) for r in rows]
+        return [StoredReading(r[0], r[1], r[2], r[3]) for r in rows]

@@ -1,4 +1,11 @@
-"""What each state allows: inference mode, uploads, model downloads, and the units' CONFIG."""
+"""What each state allows: inference mode, uploads, model downloads, and the units' CONFIG.
+
+Who decides a unit's CONFIG: the power state's policy sets every key in UNIT_FIELDS. A technician's
+CONFIG for one unit (the page, `POST /api/units/{id}/commands`, `fieldstation units command`)
+overrides just the keys it names, and wins until the power state changes or, when given under a
+hold, until that hold ends; then the unit gets the policy's CONFIG again at its next wake. So a
+technician aiming a camera is not undone by the next wake, and the night still slows every unit.
+"""
 
 from __future__ import annotations
 
@@ -43,6 +50,24 @@ def unit_config(policy: StatePolicy) -> dict[str, int]:
         "sleep_start_min": start,
         "sleep_end_min": end,
     }
+
+
+def with_technician(state_config: dict[str, int], technician: dict[str, int]) -> dict[str, int]:
+    """The CONFIG a unit is asked for: its state's, with the technician's keys over it."""
+    return {**state_config, **{k: v for k, v in technician.items() if k in UNIT_FIELDS}}
+
+
+def technician_keys(body: dict[str, object]) -> dict[str, int]:
+    """The unit settings a technician's CONFIG names; ValueError for one that is not a number."""
+    out: dict[str, int] = {}
+    for key in UNIT_FIELDS:
+        if key not in body:
+            continue
+        value = body[key]
+        if not isinstance(value, int):  # JSON true/false is an int here too (pir_enabled)
+            raise ValueError(f"{key} must be a whole number, not {value!r}")
+        out[key] = int(value)
+    return out
 
 
 def decide(settings: PowerSection, state: str, charging: bool | None, now: float) -> Decisions:

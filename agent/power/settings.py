@@ -30,6 +30,13 @@ class SourceConfig:
         help="hwmon: 1 if positive current charges the battery, -1 if it drains it",
         choices=[1, -1],
     )
+    solar_channel: int = opt(
+        0,
+        help="hwmon: the channel on the panel side (in<N>_input, curr<N>_input, or power<N>_input); "
+        "0 = none",
+        min=0,
+        max=16,
+    )
     chemistry: str = opt(
         "lifepo4", help="hwmon: battery chemistry for the voltage curve", choices=list(CHEMISTRIES)
     )

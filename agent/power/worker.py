@@ -20,7 +20,7 @@ from typing import Any
 from agent.power.critical import CriticalEpisode, Runner
 from agent.power.history import Hold, PowerHistory
 from agent.power.metrics import PowerMetrics
-from agent.power.policy import Decisions, confirmed, decide
+from agent.power.policy import Decisions, confirmed, decide, technician_keys, with_technician
 from agent.power.runway import EnergyMeter, Trend
 from agent.power.settings import PowerSection
 from agent.power.sources import Reading, Source, SourceError, open_source
@@ -88,6 +88,8 @@ class _UnitPush:
     via: str = ""  # "mqtt" or "serial", as the daemon last saw the unit
     error: str | None = None
     wanted: dict[str, int] = field(default_factory=dict)
+    technician: dict[str, int] = field(default_factory=dict)  # keys over the state's, for now
+    technician_held: bool = False  # given under a hold: it ends with the hold
 
 
 class PowerWorker:
@@ -131,8 +133,8 @@ class PowerWorker:
         now = clock()
         self.states = PowerStates(settings, *self._restored_state(now))
         self.trend = Trend()
-        for at, soc, watts in self.history.readings(now - self.trend.window_s):
-            self.trend.add(at, soc, watts)
+        for row in self.history.readings(now - self.trend.window_s):
+            self.trend.add(row.at, row.soc, row.power_w)
         self.energy = EnergyMeter(settings.board_watts)
         held = self.history.hold()
         self.hold_until: float | None = held.until if held and held.until > now else None
@@ -189,6 +191,36 @@ class PowerWorker:
                 push.due = True
             push.last_seen = now
         self._wake.set()
+
+    def technician_config(
+        self, unit_id: str, body: dict[str, Any], send: CommandPath
+    ) -> dict[str, Any]:
+        """A technician's CONFIG for one unit: its keys win over the state's until the state
+        changes (or the hold it was given under ends); the rule is in agent/power/policy.py.
+
+        Sends the whole CONFIG through `send` and records the keys only once it went out."""
+        keys = technician_keys(body)
+        with self._lock:  # held across the send: push_units must not slip the state's in between
+            push = self._units.setdefault(unit_id, _UnitPush())
+            keys = {**push.technician, **keys}
+            wanted = with_technician(self.current.decisions.unit_config, keys)
+            out: dict[str, Any] = {**body, **wanted, "command": "config"}
+            if push.via == "mqtt":  # replaces the state's retained CONFIG at the broker
+                out["station_time_ms"], out["retain"] = 0, True
+            result = send(unit_id, out)
+            push.technician = keys
+            push.technician_held = self.current.hold_until is not None
+            push.wanted, push.due, push.error = wanted, False, None
+            push.sent_at = self.monotonic()
+        log.info("power: unit %s keeps the technician's %s until the state changes", unit_id, keys)
+        return result
+
+    def unit_config(self, unit_id: str) -> dict[str, int]:
+        """What the station asks of one unit now: the state's CONFIG, the technician's keys over it."""
+        with self._lock:
+            push = self._units.get(unit_id)
+            wanted = self.current.decisions.unit_config
+            return with_technician(wanted, push.technician) if push else dict(wanted)
 
     def capture_stored(self, unit_id: str, capture_id: str, duplicate: bool) -> None:
         if not duplicate:
@@ -318,6 +350,18 @@ class PowerWorker:
         if new.decisions.unit_config != old.decisions.unit_config:
             for push in self._units.values():
                 push.due = True
+        hold_ended = old.hold_until is not None and new.hold_until is None
+        for unit_id, push in self._units.items():
+            if push.technician and (
+                new.state != old.state or (hold_ended and push.technician_held)
+            ):
+                log.info(
+                    "power: %s; unit %s gets the %s policy's CONFIG again",
+                    "the hold ended" if new.state == old.state else "the state changed",
+                    unit_id,
+                    new.state.value.upper(),
+                )
+                push.technician, push.due = {}, True
         changed = (
             new.state != old.state
             or new.measured != old.measured
@@ -361,7 +405,6 @@ class PowerWorker:
         """Send the state's CONFIG to every unit that has not confirmed it and is due; return sent."""
         if not self.manages_units or self.send_command is None or self.observe_only:
             return 0
-        wanted = self.current.decisions.unit_config
         now = self.monotonic()
         sent = 0
         rows = {row["unit_id"]: row for row in self.store.units()}
@@ -373,6 +416,7 @@ class PowerWorker:
             report = json.loads(row["config"]) if row is not None and row["config"] else None
             with self._lock:
                 push = self._units.setdefault(unit, _UnitPush())
+                wanted = with_technician(self.current.decisions.unit_config, push.technician)
                 if push.wanted != wanted:
                     push.wanted, push.due = dict(wanted), True
                 if confirmed(report, wanted):
@@ -406,15 +450,16 @@ class PowerWorker:
         return bool(self.sources) and self.s.manage_units
 
     def units_status(self) -> list[dict[str, Any]]:
-        wanted = self.current.decisions.unit_config
         out = []
         for row in self.store.units():
             report = json.loads(row["config"]) if row["config"] else None
             push = self._units.get(row["unit_id"])
+            wanted = self.unit_config(row["unit_id"])
             out.append(
                 {
                     "unit_id": row["unit_id"],
                     "confirmed": confirmed(report, wanted) if self.manages_units else None,
+                    "technician": dict(push.technician) if push and push.technician else None,
                     "battery_v": row["battery_mv"] / 1000 if row["battery_mv"] else None,
                     "battery_at": row["last_seen"],
                     "note": push.error if push else None,

@@ -10,6 +10,7 @@ import json
 import re
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ from agent.store import STATES
 if TYPE_CHECKING:
     from agent.config import Config
     from agent.daemon import Station
+    from agent.power.history import StoredReading
 
 SECRET_KEY = re.compile(r"(token|password|passwd|secret|pass)$|^wifi_pass")
 CONFIG_FIELDS = (
@@ -83,12 +85,14 @@ def overview(station: Station) -> dict[str, Any]:
     upload = st.get("upload")
     disk_free = station.store.disk_free()
     quota = q["quota_bytes"] or 1
+    notes = link_notes(upload, q["pending"])
+    words = why if not ready else "every worker runs, no alarms" if notes else ALL_WELL
     return {
         "station_id": st["station_id"],
         "version": st["version"],
         "uptime": ago(now - st["uptime_s"], now).replace(" ago", ""),
         "ready": ready,
-        "ready_words": "every worker runs and nothing is unwell" if ready else why,
+        "ready_words": "; ".join([words, *notes]),
         "workers": st["workers"],
         "alarms": alarms,
         "pending": q["pending"],
@@ -109,6 +113,20 @@ def overview(station: Station) -> dict[str, Any]:
         "power": _power(station, st.get("power"), now),
         "models": _models(st.get("inference"), st.get("modelsync")),
     }
+
+
+ALL_WELL = "every worker runs and nothing is unwell"
+
+
+def link_notes(upload: dict[str, Any] | None, pending: int) -> list[str]:
+    """What is no alarm (a station without a link is normal) but must not read as all well."""
+    if not upload or not upload.get("enabled") or upload.get("online") is not False:
+        return []
+    why = ", ".join(
+        f"{e['name']}: {e.get('last_error') or e.get('breaker', '?')}"
+        for e in upload.get("endpoints", [])
+    )
+    return [f"uploads offline: no sync endpoint answers ({why}); {pending} captures wait here"]
 
 
 def _upload(u: dict[str, Any]) -> dict[str, Any]:
@@ -157,24 +175,46 @@ def _power(station: Station, pw: dict[str, Any] | None, now: float) -> dict[str,
     }
 
 
-def power_chart(
-    points: list[tuple[float, float | None, float | None]], now: float
-) -> dict[str, Any]:
-    """Two SVG polylines over the last 24 h, in a 240x60 box: battery % and net power (W)."""
+def power_chart(points: Sequence[StoredReading], now: float) -> dict[str, Any]:
+    """SVG polylines over the last 24 h in a 240x60 box: battery % and solar input (W).
+
+    Where no source reports solar input, the second line is the battery's net power instead.
+    """
     if not points:
-        return {"soc": "", "watts": "", "zero_y": 30, "max_w": 0, "n": 0}
+        return {"soc": "", "solar": "", "watts": "", "zero_y": 30, "max_w": 0, "n": 0}
     start = now - 86400
     step = max(1, len(points) // 240)  # at most ~240 points: the chart stays a few hundred bytes
     pts = points[::step]
-    watts = [w for _, _, w in pts if w is not None]
-    top = max([1.0, *(abs(w) for w in watts)])
 
     def x(at: float) -> float:
         return round(240 * (at - start) / 86400, 1)
 
-    soc = " ".join(f"{x(at)},{round(60 - 0.6 * s, 1)}" for at, s, _ in pts if s is not None)
-    pw = " ".join(f"{x(at)},{round(30 - 28 * w / top, 1)}" for at, _, w in pts if w is not None)
-    return {"soc": soc, "watts": pw, "zero_y": 30, "max_w": round(top, 1), "n": len(points)}
+    soc = " ".join(f"{x(r.at)},{round(60 - 0.6 * r.soc, 1)}" for r in pts if r.soc is not None)
+    sun = [r for r in pts if r.solar_w is not None]
+    if sun:  # 0 W on the bottom edge, the day's peak at the top
+        top = max([1.0, *(r.solar_w or 0.0 for r in sun)])
+        solar = " ".join(f"{x(r.at)},{round(60 - 58 * (r.solar_w or 0.0) / top, 1)}" for r in sun)
+        return {
+            "soc": soc,
+            "solar": solar,
+            "watts": "",
+            "zero_y": 60,
+            "max_w": round(top, 1),
+            "n": len(points),
+        }
+    watts = [r.power_w for r in pts if r.power_w is not None]
+    top = max([1.0, *(abs(w) for w in watts)])
+    pw = " ".join(
+        f"{x(r.at)},{round(30 - 28 * r.power_w / top, 1)}" for r in pts if r.power_w is not None
+    )
+    return {
+        "soc": soc,
+        "solar": "",
+        "watts": pw,
+        "zero_y": 30,
+        "max_w": round(top, 1),
+        "n": len(points),
+    }
 
 
 def _models(inf: dict[str, Any] | None, ms: dict[str, Any] | None) -> dict[str, Any]:

@@ -134,3 +134,18 @@ def test_config_check_json_lists_problems_with_their_lines(tmp_path: Path):
             "reason": "70000 is above the maximum 65535",
         }
     ]
+
+
+@pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["queue"]])
+def test_no_buffer_exits_2_as_help_says_not_1_which_means_alarms(tmp_path: Path, command):
+    """A script reading `status --json`'s exit code must not take "no buffer here" for
+    "the daemon runs with alarms" (the audit found exit 1)."""
+    r = subprocess.run(
+        [sys.executable, "-m", "agent", *command, "--data-dir", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2, r
+    assert "no buffer database" in r.stderr and "--data-dir" in r.stderr
+    assert r.stdout == ""

@@ -34,18 +34,24 @@ def example_files() -> dict[str, str]:
 
 
 def transcripts(command: str) -> list[tuple[str, list[str]]]:
-    """(`$ fieldstation ...` line, the output lines shown under it) for one command's examples."""
-    out = []
+    """(`$ fieldstation ...` line, the output lines shown under it) for one command's examples;
+    a command line ending in a backslash goes on on the next line."""
+    found: list[tuple[list[str], list[str]]] = []
     for body in blocks("text"):
-        current: tuple[str, list[str]] | None = None
+        current: tuple[list[str], list[str]] | None = None
+        continued = False
         for line in body.splitlines():
-            if line.startswith("$ "):
-                current = (line[2:], [])
-                if line[2:].startswith(command):
-                    out.append(current)
+            if line.startswith("$ ") or (current is not None and continued):
+                if line.startswith("$ "):
+                    current = ([], [])
+                    found.append(current)
+                assert current is not None
+                current[0].append(line.removeprefix("$ ").removesuffix("\\").strip())
+                continued = line.endswith("\\")
             elif current is not None:
                 current[1].append(line)
-    return [(cmd, _trim(lines)) for cmd, lines in out]
+    out = [(" ".join(cmd), _trim(lines)) for cmd, lines in found]
+    return [(cmd, lines) for cmd, lines in out if cmd.startswith(command)]
 
 
 def _trim(lines: list[str]) -> list[str]:
@@ -124,3 +130,37 @@ def test_the_readme_command_list_is_fieldstation_help(tmp_path):
     text = README.read_text()
     listed = dict(re.findall(r"^\| `fieldstation (\w+)` \| (.*?) \|$", text, re.M))
     assert listed == helped
+
+
+REPO = README.parent
+
+
+def test_esp32_configure_dry_run_prints_what_the_readme_shows(tmp_path):
+    [(command, shown)] = transcripts("fieldstation esp32 configure")
+    (tmp_path / "wifi.txt").write_text("field-net-passphrase\n")
+    r = fieldstation(*command.split()[1:], cwd=tmp_path)
+    # the partition table is named by its absolute path: the README's stands for any checkout
+    real = r.stdout.replace(str(REPO), "/home/you/fieldstation").splitlines()
+    assert r.returncode == 0, r.stderr
+    assert same(shown, real), "\n".join(["README shows:", *shown, "the command prints:", *real])
+    assert (tmp_path / "nvs-out" / "nvs-cam-north-01.bin").stat().st_size == 24 * 1024
+
+
+def test_models_list_prints_the_lines_the_readme_shows():
+    """Run where a fresh clone runs it (the checkout); '…' stands for the other packages."""
+    [(command, shown)] = transcripts("fieldstation models list")
+    r = fieldstation(*command.split()[1:], cwd=REPO)
+    assert r.returncode == 0, r.stdout + r.stderr
+    real = r.stdout.splitlines()
+    assert real[0].startswith("runtime   ai-edge-litert ")  # the installed version may differ
+    assert real[1:3] == shown[1:3]  # the folders searched, the column heads
+    rows = {line.split()[0]: line for line in real[3:]}
+    for line in shown[3:]:
+        if line == "…":
+            continue
+        name = line.split()[0]
+        if "not installed" in rows.get(name, ""):  # BlazeFace's optional wheel is absent here
+            continue
+        assert rows.get(name) == line, (
+            f"README shows:\n{line}\nthe command prints:\n{rows.get(name)}"
+        )

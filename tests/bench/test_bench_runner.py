@@ -46,9 +46,9 @@ def run(quick: bool) -> list[Figure]:
 """
 
 
-def run_bench(folder: Path, out: Path) -> subprocess.CompletedProcess[str]:
+def run_bench(folder: Path, out: Path, *more: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--dir", str(folder), "--out", str(out)],
+        [sys.executable, "-m", "bench", "--quick", "--dir", str(folder), "--out", str(out), *more],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -113,3 +113,30 @@ def test_a_failing_bench_is_reported_and_the_run_exits_nonzero(tmp_path):
     [broken] = json.loads(result.read_text())["benches"]
     assert broken["status"] == "failed" and "fails on purpose" in broken["detail"]
     assert "_failed_" in (out / "latest.md").read_text()
+
+
+def test_a_slow_bench_without_a_quick_mode_is_cut_short_without_failing_the_run(tmp_path):
+    folder = tmp_path / "benches"
+    folder.mkdir()
+    pid_file = tmp_path / "daemon.pid"
+    (folder / "bench_slow.py").write_text(
+        "import subprocess, sys, time\n"
+        'if "--json" in sys.argv:  # starts a daemon of its own, as the station benches do\n'
+        f'    open({str(pid_file)!r}, "w").write(str(subprocess.Popen(["sleep", "300"]).pid))\n'
+        "    time.sleep(30)\n"
+    )
+    out = tmp_path / "results"
+
+    done = run_bench(folder, out, "--legacy-timeout", "2")
+
+    assert done.returncode == 0, done.stderr
+    [result] = out.glob("*.json")
+    [slow] = json.loads(result.read_text())["benches"]
+    assert (
+        slow["status"] == "not adapted"
+        and "run `python benches/bench_slow.py` alone" in (slow["detail"])
+    )
+    daemon = Path(f"/proc/{pid_file.read_text()}/stat")
+    assert not daemon.exists() or daemon.read_text().rsplit(")", 1)[1].split()[0] == "Z", (
+        "the bench's own daemon outlived the run"
+    )

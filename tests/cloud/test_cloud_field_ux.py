@@ -57,3 +57,26 @@ def test_docs_page_is_off_by_default_and_on_when_asked(tmp_path: Path):
         tmp_path / "on", env={"FIELDSTATION_CLOUD_SERVER_DOCS": "true"}
     ) as running:
         assert requests.get(f"{running.url}/docs", timeout=10).status_code == 200
+
+
+def test_config_check_takes_the_file_as_the_station_does(tmp_path: Path):
+    """`fieldstation-cloud config check cloud.toml`, as `fieldstation config check station.toml`."""
+    config = tmp_path / "cloud.toml"
+    config.write_text("[limits]\nmax_items = 42\n")
+    done = cli("config", "check", str(config))
+    assert done.returncode == 0, done.stderr
+    assert '"max_items": 42' in done.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[limits]\nmax_itemz = 3\n")
+    done = cli("config", "check", str(bad))
+    assert done.returncode == 2 and f"{bad}:2: unknown key [limits] max_itemz" in done.stderr
+
+
+def test_a_missing_config_file_is_one_line_not_a_traceback(tmp_path: Path):
+    for args in (
+        ["config", "check", str(tmp_path / "nope.toml")],
+        ["--config", "/nope.toml", "serve"],
+    ):
+        done = cli(*args)
+        assert done.returncode == 2, done
+        assert "file does not exist" in done.stderr and "Traceback" not in done.stderr

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,7 +195,7 @@ def station_toml(
     http_port: int,
     clouds: dict[str, CloudNode],
     *,
-    serial_ports: list[str] = (),  # type: ignore[assignment]
+    serial_ports: Sequence[str] = (),
     broker_port: int | None = None,
     extra: str = "",
     upload: dict[str, Any] | None = None,
@@ -474,7 +474,7 @@ class Fleet:
             for i in range(self.mqtt_units):
                 uid = f"e2e-mqtt-{i}"
                 mlink = MqttUnitLink(broker.host, broker.port, self.station_id, uid)
-                mlink.client.reconnect_delay_set(0.2, 2)
+                mlink.client.reconnect_delay_set(1, 2)
                 unit = VirtualUnit(uid, mlink, chunk_size=8192, ack_timeout_s=3.0)
                 self.units.append(unit)
                 senders.append((uid, protocol_sender(unit, "mqtt", self.tally)))

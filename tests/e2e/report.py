@@ -46,7 +46,7 @@ class Report:
     def markdown(self) -> str:
         counts: dict[str, int] = {}
         for event in self.injected:
-            counts[event["what"]] = counts.get(event["what"], 0) + 1
+            counts[event["what"]] = counts.get(event["what"], 0) + int(event.get("n", 1))
         lines = [f"# {self.name} (seed {self.seed})", "", "| injected | times |", "| --- | --- |"]
         lines += [f"| {what} | {n} |" for what, n in counts.items()]
         lines += ["", "| observed | value |", "| --- | --- |"]

@@ -45,7 +45,7 @@ CLOUD_FAULTS = ("stop", "slow", "fail", "blackhole", "cut")
 def model_toml(sys_root: Path, public: str) -> str:
     return f"""
 [storage]
-quota_bytes = 60000000
+quota_bytes = 4000000  # filled while ECO holds uploads back: eviction and its alarm run
 min_free_bytes = 2000000
 reserve_bytes = 1000000
 evict_interval_s = 5
@@ -162,14 +162,13 @@ class Chaos:
         time.sleep(seconds)
         self.broker = broker_restart(self.broker)
 
-    def fill_disk(self) -> Path:
+    def fill_disk(self) -> None:
         ballast = self.disk / "ballast"
         free = os.statvfs(self.disk).f_bavail * os.statvfs(self.disk).f_frsize
         size = max(0, free - 64 * 1024)
         with ballast.open("wb") as f:
             os.posix_fallocate(f.fileno(), 0, size)
         self.report.inject(self.now(), "disk full", ballast_bytes=size)
-        return ballast
 
     def heal(self) -> None:
         for name in list(self.faulted):
@@ -277,6 +276,16 @@ def crash_causes(log: str) -> list[str]:
     return [ln.strip()[-200:] for ln in log.splitlines() if " crashed (" in ln]
 
 
+def alarms_raised(log: str) -> dict[str, int]:
+    """Buffer alarms the station raised over all runs (`alarm KIND: why` lines), by kind."""
+    out: dict[str, int] = {}
+    for line in log.splitlines():
+        if " alarm " in line and not line.rstrip().endswith("cleared"):
+            kind = line.split(" alarm ", 1)[1].split(":", 1)[0].strip()
+            out[kind] = out.get(kind, 0) + 1
+    return out
+
+
 def test_every_acknowledged_capture_reaches_a_cloud_through_chaos(
     tmp_path, cloud_links, chaos_minutes, seed, report_dir
 ):
@@ -363,6 +372,7 @@ def test_every_acknowledged_capture_reaches_a_cloud_through_chaos(
             for i, s in enumerate(ANIMAL_SEEDS[:8]):
                 cid = wait_for(lambda s=s, i=i: blob(scene(s, blob=True), i), 30, "blob capture")
                 tally.ack(cid, "c0ffee02")
+                tally.sent += 1
             wait_for(lambda: _in_state(station, "received") == 0, 60, "blob scenes analysed")
             # one wave: a wave that has gone active lets the next start before probation ends
             post_rollout(clouds["aws"], "4.0.0", [{"stations": [STATION]}])
@@ -440,18 +450,20 @@ def _drained(station: StationProcess) -> bool:
 def schedule(
     rnd: random.Random, chaos_s: float, chaos: Chaos
 ) -> list[tuple[float, int, Callable[[], None]]]:
-    """Seeded times for every fault, with the end of each; sorted by time."""
+    """Seeded times for every fault, with the end of each; sorted by time. A CI run (one minute)
+    gets three station kills and one of each other fault; longer runs get more of each."""
     plan: list[tuple[float, int, Callable[[], None]]] = []
+    minutes = chaos_s / 60
 
     def at(lo: float, hi: float) -> float:
         return chaos_s * rnd.uniform(lo, hi)
 
-    kills = sorted(at(0.1, 0.85) for _ in range(3))
-    damaged = rnd.randrange(3)
+    kills = sorted(at(0.1, 0.85) for _ in range(max(3, round(2 * minutes))))
+    damaged = set(rnd.sample(range(len(kills)), max(1, len(kills) // 3)))
     for i, t in enumerate(kills):
-        plan.append((t, len(plan), lambda d=i == damaged: chaos.kill_station(d)))
-    # one cloud fault of each kind, each in its own slot of the window (so none is skipped)
-    kinds = list(CLOUD_FAULTS)
+        plan.append((t, len(plan), lambda d=i in damaged: chaos.kill_station(d)))
+    # each kind of cloud fault once per round, each in its own slot (so none is skipped)
+    kinds = [k for _ in range(max(1, round(minutes))) for k in CLOUD_FAULTS]
     rnd.shuffle(kinds)
     slot = 0.8 * chaos_s / len(kinds)
     for i, kind in enumerate(kinds):
@@ -460,10 +472,12 @@ def schedule(
         end = t + min(0.75 * slot, rnd.uniform(3, 8))
         plan.append((t, len(plan), lambda n=name, k=kind: chaos.cloud_fault(n, k)))
         plan.append((end, len(plan), lambda n=name: chaos.cloud_heal(n)))
-    plan.append((at(0.2, 0.7), len(plan), lambda: chaos.broker_outage(2.0)))
-    t = at(0.3, 0.8)
-    plan.append((t, len(plan), chaos.fill_disk))
-    plan.append((t + 5, len(plan), lambda: (chaos.disk / "ballast").unlink(missing_ok=True)))
+    for _ in range(max(1, round(minutes / 2))):
+        plan.append((at(0.2, 0.7), len(plan), lambda: chaos.broker_outage(2.0)))
+    for _ in range(max(1, round(minutes / 3))):
+        t = at(0.3, 0.8)
+        plan.append((t, len(plan), chaos.fill_disk))
+        plan.append((t + 5, len(plan), lambda: (chaos.disk / "ballast").unlink(missing_ok=True)))
     plan.sort(key=lambda e: (e[0], e[1]))
     return plan
 
@@ -519,6 +533,7 @@ def observe_and_check(
             "station_runs": station.runs if station else 0,
             "station_sigkills": station.kills if station else 0,
             "worker_crashes": crash_causes(log),
+            "alarms_raised": alarms_raised(log),
             "model_active": final_model.get("active"),
             "model_refused": final_model.get("refused"),
             "rollout_state": doc.get("state"),

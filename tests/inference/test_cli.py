@@ -28,12 +28,15 @@ def test_infer_prints_the_face_in_a_photo(photos, capsys, blazeface_installed, t
     out = capsys.readouterr().out
     assert status == 0
     lines = out.splitlines()
-    assert lines[0].startswith(f"{photos['astronaut']}: 512x512, 1 detection(s)")
+    assert lines[0].startswith(f"{photos['astronaut']}: 512x512, 2 detection(s)")
     assert lines[0].endswith("upload blurred")
     assert lines[1].split()[:2] == ["face", "person"]
     assert "[blazeface-short-range@0.6.0]" in lines[1]
-    assert lines[2].startswith(f"{photos['coffee']}: 600x400, 0 detection(s)")
-    assert lines[2].endswith("(empty)")
+    # the privacy stage's default body finder runs too, as it would on the station
+    assert lines[2].split()[:2] == ["person", "person"]
+    assert "[opencv-hog-people@" in lines[2]
+    assert lines[3].startswith(f"{photos['coffee']}: 600x400, 0 detection(s)")
+    assert lines[3].endswith("(empty)")
 
 
 def test_infer_json_has_one_document_per_image(photos, capsys, blazeface_installed, tmp_path):
@@ -44,7 +47,7 @@ def test_infer_json_has_one_document_per_image(photos, capsys, blazeface_install
     assert doc["size"] == [512, 512] and doc["empty"] is False
     assert [d["label"] for d in doc["detections"]] == ["face"]
     assert doc["detections"][0]["model"] == "blazeface-full-range@0.6.0"
-    assert set(doc["timings_ms"]) == {"decode", "preprocess", "invoke", "postprocess"}
+    assert set(doc["timings_ms"]) == {"decode", "preprocess", "invoke", "postprocess", "privacy"}
 
 
 def test_infer_reports_a_bad_image_and_a_bad_package(tmp_path, capsys):

@@ -242,3 +242,19 @@ def test_a_missing_privacy_package_keeps_captures_waiting(tmp_path, store, metri
     assert "missing" in worker.last_error and "does not exist" in worker.last_error
     text = metrics.render().decode()
     assert 'fieldstation_inference_model_errors_total{role="privacy"} 1.0' in text
+
+
+def test_a_default_station_blurs_a_person_seen_without_a_face(
+    tmp_path, store, metrics, blazeface_installed
+):
+    # only the detector is named: person_policy and the finders are the defaults a station gets
+    config = inference_config(tmp_path, detector=str(MODELS / "blazeface-full-range"))
+    assert config.inference.person_policy == "blur"
+    worker = InferenceWorker(store, config, metrics)
+    worker.reload_if_changed()
+    assert worker.pipeline is not None, worker.last_error
+    cid = add_capture(store, jpeg_bytes(face_covered("camera")))
+    worker.run_once()
+    row = store.get_capture(cid)
+    assert (row["empty"], row["upload_variant"]) == (0, "blurred")
+    assert [r["model"] for r in store.detections(cid)] == ["opencv-hog-people"]

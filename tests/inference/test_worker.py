@@ -50,6 +50,7 @@ def face_worker(tmp_path, store, metrics, blazeface_installed):
         worker = make_worker(
             tmp_path, store, metrics,
             detector=str(MODELS / "blazeface-full-range"), person_policy=policy,
+            body_models=[],  # faces only: the default body finder has its tests in test_privacy
         )  # fmt: skip
         worker.reload_if_changed()
         assert worker.pipeline is not None, worker.last_error

@@ -153,11 +153,16 @@ def test_overview_shows_power_with_a_24h_chart(make_station, browser, tmp_path):
         at = now - 86400 + i * 900
         sun = max(0.0, math.sin((i - 24) / 48 * math.pi))
         station.power.history.add_reading(
-            Reading("sysfs", at, soc=40 + 40 * sun, power_w=30 * sun - 4), "normal"
+            Reading("sysfs", at, soc=40 + 40 * sun, power_w=30 * sun - 4, solar_w=40 * sun),
+            "normal",
         )
     page = log_in(browser, f"http://{station.config.http.listen}")
     chart = page.locator("#power-chart polyline.soc")
     assert len(chart.get_attribute("points").split()) >= 96
+    # battery and solar: the panel's line climbs from the bottom edge at dawn
+    solar = page.locator("#power-chart polyline.solar").get_attribute("points").split()
+    assert len(solar) >= 95 and {p.split(",")[1] for p in solar} >= {"60.0", "2.0"}
+    assert "solar 0-40.0 W" in page.inner_text("#power-chart + p + p")
     assert page.inner_text("#power-state") == "NORMAL"
     page.screenshot(path=str(SCREENSHOTS / "overview-power-laptop.png"))
     # the technician keeps the station awake for a while (the power manager's hold)

@@ -107,6 +107,14 @@ class HwmonSource:
         rest = volts - (amps or 0.0) * c.internal_resistance_ohm
         soc = soc_from_voltage(c.chemistry, rest / c.cells)
         power = volts * amps if amps is not None else None
+        detail: dict[str, str | float] = {
+            "rest_voltage_v": round(rest, 3),
+            "chemistry": c.chemistry,
+        }
+        try:
+            solar = self._solar_watts(d)
+        except SourceError as exc:  # the panel's sensor gone must not cost the battery reading
+            solar, detail["solar_error"] = None, str(exc)
         return Reading(
             self.name,
             self.clock(),
@@ -115,8 +123,19 @@ class HwmonSource:
             current_a=amps,
             power_w=power,
             charging=(amps > 0.05) if amps is not None else None,
-            detail={"rest_voltage_v": round(rest, 3), "chemistry": c.chemistry},
+            solar_w=solar,
+            detail=detail,
         )
+
+    def _solar_watts(self, d: Path) -> float | None:
+        """The panel side's power: power<N>_input (µW), else in<N> (mV) × curr<N> (mA)."""
+        n = self.config.solar_channel
+        if not n:
+            return None
+        power = d / f"power{n}_input"
+        if power.exists():
+            return abs(read_number(power)) / 1e6
+        return abs(read_number(d / f"in{n}_input") * read_number(d / f"curr{n}_input")) / 1e6
 
     def close(self) -> None:
         pass

@@ -9,6 +9,8 @@ from agent.power.settings import SourceConfig
 from agent.power.sources import Reading, SourceError, read_number
 
 CHARGER_TYPES = ("Mains", "USB", "Solar", "Wireless")
+# supplies whose power_now is the charge input (on a field station: the panel, or its controller)
+INPUT_TYPES = ("Solar", "Mains", "USB")
 
 
 class PowerSupplySource:
@@ -72,8 +74,32 @@ class PowerSupplySource:
             current_a=current_a,
             power_w=power_w,
             charging=charging,
+            solar_w=self._input_watts(),
             detail={"status": status},
         )
+
+    def _input_watts(self) -> float | None:
+        """Summed power_now of the input supplies; an offline one gives 0. None when none says."""
+        total: float | None = None
+        try:
+            supplies = sorted(self.base.iterdir())
+        except OSError:
+            return None
+        for d in supplies:
+            if _text(d / "type") not in INPUT_TYPES:
+                continue
+            try:
+                watts = _optional(d / "power_now")
+                if watts is None:
+                    volts, amps = _optional(d / "voltage_now"), _optional(d / "current_now")
+                    watts = volts * amps / 1e6 if volts is not None and amps is not None else None
+            except SourceError:
+                continue  # a garbled input supply must not cost the battery reading
+            if watts is None:
+                continue
+            online = _text(d / "online") != "0"
+            total = (total or 0.0) + (abs(watts) / 1e6 if online else 0.0)
+        return total
 
     def _charger_online(self) -> bool | None:
         found = None
