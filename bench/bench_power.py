@@ -29,6 +29,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.broker import free_port  # noqa: E402
+from bench.figures import Figure, at_most  # noqa: E402
 
 
 def wakeups(pid: int) -> int:
@@ -123,11 +124,8 @@ def worker_share(folder: Path, reads: int = 200) -> dict[str, float]:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=60.0, help="idle time measured per state")
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+def measure_all(seconds: float) -> dict:
+    """Every figure of one run: the station in NORMAL then ECO, the raw process, the worker."""
     with tempfile.TemporaryDirectory(prefix="bench-power-") as tmp:
         folder = Path(tmp)
         sys_root = folder / "sys"
@@ -149,19 +147,19 @@ def main() -> None:
         try:
             state = wait_state(listen, "normal", 60)
             time.sleep(2)  # start-up work done
-            normal = measure(daemon.pid, args.seconds)
+            normal = measure(daemon.pid, seconds)
             write_battery(sys_root, 30)
             state = wait_state(listen, "eco", 200)  # the next read (30 s in NORMAL) sees it
             time.sleep(2)
-            eco = measure(daemon.pid, args.seconds)
+            eco = measure(daemon.pid, seconds)
         finally:
             daemon.terminate()
             daemon.wait(30)
             log.close()
-        raw = raw_idle(int(normal["threads"]), args.seconds)
+        raw = raw_idle(int(normal["threads"]), seconds)
         share = worker_share(folder)
-    results = {
-        "seconds": args.seconds,
+    return {
+        "seconds": seconds,
         "raw": raw,
         "normal": normal,
         "eco": eco,
@@ -170,6 +168,54 @@ def main() -> None:
         "eco_cpu_above_raw": eco["cpu_s_per_min"] - raw["cpu_s_per_min"],
         "eco_wakeups_above_raw": eco["wakeups_per_min"] - raw["wakeups_per_min"],
     }
+
+
+def run(quick: bool) -> list[Figure]:
+    r = measure_all(5.0 if quick else 60.0)
+    raw, share = r["raw"], r["power_worker"]
+    base = f"idle Python process, {raw['threads']:.0f} threads asleep"
+    out = [
+        Figure(
+            f"station idle CPU in {state.upper()}",
+            r[state]["cpu_s_per_min"],
+            "s/min",
+            raw["cpu_s_per_min"],
+            base,
+            at_most(0.3, "value") if state == "eco" else None,
+        )
+        for state in ("normal", "eco")
+    ]
+    out += [
+        Figure(
+            f"station wake-ups per idle minute in {state.upper()}",
+            r[state]["wakeups_per_min"],
+            "/min",
+            raw["wakeups_per_min"],
+            base,
+        )
+        for state in ("normal", "eco")
+    ]
+    out.append(
+        Figure(
+            "power worker CPU per read of the sources",
+            share["cpu_s_per_read"] * 1000,
+            "ms",
+            note=f"{share['normal_reads_per_min']:g} reads/min in NORMAL, "
+            f"{share['eco_reads_per_min']:g} in ECO",
+        )
+    )
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=60.0, help="idle time measured per state")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    results = measure_all(args.seconds)
+    raw, normal, eco, share = (
+        results["raw"], results["normal"], results["eco"], results["power_worker"]
+    )  # fmt: skip
     if args.json:
         print(json.dumps(results, indent=2))
         return

@@ -39,6 +39,7 @@ from agent.modelsync.verify import Release, open_package, shadow_run  # noqa: E4
 from agent.modelsync.worker import ModelSync  # noqa: E402
 from agent.scenes import scene_jpeg  # noqa: E402
 from agent.store import BUFFER_FILE, Store  # noqa: E402
+from bench.figures import Figure, at_least  # noqa: E402
 from cloud import rollout as ro  # noqa: E402
 from cloud.auth import issue_token  # noqa: E402
 from cloud.config import load_config  # noqa: E402
@@ -105,13 +106,9 @@ def drain(worker: InferenceWorker) -> int:
     return done
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mb", type=float, default=64, help="package size in MiB")
-    ap.add_argument("--captures", type=int, default=50, help="captures in the shadow run")
-    ap.add_argument("--repeat", type=int, default=5, help="alternating runs (medians)")
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+def measure(mb: float, captures: int, repeat: int) -> dict:
+    """Every figure of one run: the stages, the download against raw GETs, inference beside it."""
+    args = argparse.Namespace(mb=mb, captures=captures, repeat=repeat)
     tmp = Path(tempfile.mkdtemp(prefix="bench-rollout-"))
     _pub, public = art.generate_key(tmp / "key")
     try:
@@ -215,10 +212,59 @@ def main() -> int:
         "inference_captures_s_beside_a_greedy_shadow": round(greedy, 2),
         "inference_throughput_lost_greedy": round(1 - greedy / alone, 3),
     }
+    return doc
+
+
+def run(quick: bool) -> list[Figure]:
+    mb, captures, repeat = (4.0, 10, 3) if quick else (64.0, 50, 5)
+    d = measure(mb, captures, repeat)
+    lost = f"{d['inference_throughput_lost']:.0%} lost during a shadow run (steps aside), "
+    lost += f"{d['inference_throughput_lost_greedy']:.0%} beside one that never does"
+    return [
+        Figure(
+            f"model download, {d['package_bytes'] / 2**20:.0f} MiB package",
+            d["download_MiB_s"],
+            "MiB/s",
+            d["raw_requests_MiB_s"],
+            "raw requests GET of the same artifact, same server",
+            at_least(0.9),
+            f"medians of {repeat} alternating runs",
+        ),
+        Figure(
+            "manifest changed -> new model active, wall",
+            d["total"]["wall_s"],
+            "s",
+            note=f"CPU {d['total']['cpu_s']:.2f} s; shadow run over {captures} captures",
+        ),
+        Figure(
+            "inference during a shadow run",
+            d["inference_captures_s_during_shadow"],
+            "captures/s",
+            d["inference_captures_s"],
+            "the same worker with no shadow run",
+            note=lost,
+        ),
+    ]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mb", type=float, default=64, help="package size in MiB")
+    ap.add_argument("--captures", type=int, default=50, help="captures in the shadow run")
+    ap.add_argument("--repeat", type=int, default=5, help="alternating runs (medians)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    doc = measure(args.mb, args.captures, args.repeat)
+    total, cpu = doc["total"]["wall_s"], doc["total"]["cpu_s"]
+    alone = doc["inference_captures_s"]
+    yielding = doc["inference_captures_s_during_shadow"]
+    greedy = doc["inference_captures_s_beside_a_greedy_shadow"]
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
-    print(f"package {release.size / 2**20:.1f} MiB, shadow run over {args.captures} captures")
+    print(
+        f"package {doc['package_bytes'] / 2**20:.1f} MiB, shadow run over {args.captures} captures"
+    )
     print(f"{'stage':<10} {'wall s':>8} {'cpu s':>8}")
     for stage, d in doc["stages"].items():
         print(f"{stage:<10} {d['wall_s']:>8.3f} {d['cpu_s']:>8.3f}")

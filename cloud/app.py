@@ -16,7 +16,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import cloud
 from cloud.api import captures, health, models, stations
-from cloud.api.limits import BodyLimit, count_refusal, refused
+from cloud.api.batch import BatchUpload
+from cloud.api.limits import BodyLimit, count_refusal, refused, unavailable
 from cloud.config import CloudConfig
 from cloud.errors import BackendUnavailable
 from cloud.service import Service
@@ -70,14 +71,11 @@ def create_app(config: CloudConfig, service: Service | None = None) -> FastAPI:
         return JSONResponse({"detail": "; ".join(reasons) or "invalid request"}, status_code=400)
 
     @app.exception_handler(BackendUnavailable)
-    async def unavailable(request: Request, exc: BackendUnavailable) -> JSONResponse:
-        log.warning("backend unavailable on %s: %s", request.url.path, exc)
-        return JSONResponse(
-            {"detail": "storage backend unavailable, retry later"},
-            status_code=503,
-            headers={"Retry-After": "5"},
-        )
+    async def backend_unavailable(request: Request, exc: BackendUnavailable) -> JSONResponse:
+        return unavailable(request.url.path, exc)
 
+    # the batch upload ahead of FastAPI's routing (innermost of these: still timed and counted)
+    app.add_middleware(BatchUpload)
     app.add_middleware(BodyLimit, limit=config.limits.max_json_bytes)
     app.add_middleware(RequestMetrics)
     return app

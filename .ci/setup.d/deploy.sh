@@ -12,4 +12,12 @@ if ! command -v systemd-analyze >/dev/null 2>&1 || [ ! -e /usr/lib/systemd/syste
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends systemd >/dev/null
 fi
+# udevadm (Debian's `udev` package) parses the ESP32 adapters' rule (tests/deploy/test_udev.py);
+# unshare (util-linux, always present) keeps that parse in a private mount namespace.
+if ! command -v udevadm >/dev/null 2>&1; then
+    echo "deploy.sh: installing Debian's udev package (udevadm)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends udev >/dev/null
+fi
 echo "deploy.sh: $(systemd-analyze --version | head -1)"

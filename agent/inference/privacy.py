@@ -9,10 +9,12 @@ written from the full-resolution original, which never leaves the station.
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -36,6 +38,13 @@ HOG_SIDE = 300  # HOG's working size (longer side): people from about a third of
 HOG_PAD = 0.1  # grey border, so a person cut by the frame edge still fills a whole window
 
 Box = tuple[float, float, float, float]  # normalised x, y, w, h
+OPENCV_WHEELS = (
+    "opencv-python-headless", "opencv-python",
+    "opencv-contrib-python-headless", "opencv-contrib-python",
+)  # fmt: skip
+
+if TYPE_CHECKING:
+    import cv2
 
 
 def private_boxes(detections: Sequence[Detection]) -> list[Box | None]:
@@ -64,6 +73,18 @@ def upload_variant(policy: str, detections: Sequence[Detection]) -> str:
 # --- finders -------------------------------------------------------------------------------------
 
 
+def opencv_version() -> str:
+    """cv2.__version__ without importing OpenCV: its wheel's version less the build number."""
+    for wheel in OPENCV_WHEELS:
+        try:
+            return ".".join(importlib.metadata.version(wheel).split(".")[:3])
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    import cv2  # not from a wheel (Debian's python3-opencv): only the module knows
+
+    return str(cv2.__version__)
+
+
 class HogPeople:
     """OpenCV's HOG + linear SVM pedestrian detector (Dalal & Triggs), from opencv-python-headless.
 
@@ -73,15 +94,20 @@ class HogPeople:
     name = "opencv-hog-people"
 
     def __init__(self, threshold: float) -> None:
-        import cv2  # imported here: a station without body finders never loads OpenCV
-
-        self.cv2 = cv2
-        self.version = cv2.__version__
+        self.version = opencv_version()
         self.threshold = threshold
-        self.hog = cv2.HOGDescriptor()
-        self.hog.setSVMDetector(
-            np.asarray(cv2.HOGDescriptor.getDefaultPeopleDetector(), np.float32)
-        )
+        self._hog: cv2.HOGDescriptor | None = None  # made at the first run
+
+    def _descriptor(self) -> cv2.HOGDescriptor:
+        # OpenCV (~25 MiB resident) loads at the first picture, not at start-up: an idle station
+        # with the default opencv-hog finder stays small
+        if self._hog is None:
+            import cv2
+
+            hog = cv2.HOGDescriptor()
+            hog.setSVMDetector(np.asarray(cv2.HOGDescriptor.getDefaultPeopleDetector(), np.float32))
+            self._hog = hog
+        return self._hog
 
     @property
     def id(self) -> str:
@@ -91,7 +117,9 @@ class HogPeople:
         return img.draft_request(size, (HOG_SIDE, HOG_SIDE), letterbox=True)
 
     def run(self, picture: Image.Image) -> list[Detection]:
-        cv2 = self.cv2
+        hog = self._descriptor()
+        import cv2  # loaded by _descriptor: a dictionary look-up now
+
         w, h = picture.size
         scale = HOG_SIDE / max(w, h)
         sw, sh = max(1, round(w * scale)), max(1, round(h * scale))
@@ -100,7 +128,7 @@ class HogPeople:
         grey = cv2.copyMakeBorder(grey, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=128)
         if min(grey.shape) < 128:
             return []  # smaller than one detection window
-        rects, weights = self.hog.detectMultiScale(
+        rects, weights = hog.detectMultiScale(
             grey, hitThreshold=min(0.0, self.threshold), winStride=(8, 8), padding=(8, 8),
             scale=1.05,
         )  # fmt: skip

@@ -85,8 +85,10 @@ def overview(station: Station) -> dict[str, Any]:
     upload = st.get("upload")
     disk_free = station.store.disk_free()
     quota = q["quota_bytes"] or 1
-    notes = link_notes(upload, q["pending"])
-    words = why if not ready else "every worker runs, no alarms" if notes else ALL_WELL
+    # the buffer's own alarms (storage_quota, storage_full, ...) do not fail /readyz: say them here
+    notes = [f"{a['kind']}: {a['message']}" for a in st["alarms"]]
+    notes += link_notes(upload, q["pending"])
+    words = why if not ready else "every worker runs" if notes else ALL_WELL
     return {
         "station_id": st["station_id"],
         "version": st["version"],

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cloud.errors import Refused
+from cloud.errors import BackendUnavailable, Refused
+
+log = logging.getLogger("fieldstation.cloud")
 
 # Read past the limit at most this far, so the client gets its 413 instead of a reset.
 _DRAIN_LIMIT = 16 * 1024 * 1024
@@ -36,6 +40,16 @@ async def refused(request: Request, exc: Exception) -> Response:
     if reason is not None:
         count_refusal(request, reason)
     return await http_exception_handler(request, exc)
+
+
+def unavailable(path: str, exc: BackendUnavailable) -> JSONResponse:
+    """The 503 answer while the database or object store is down: the client retries later."""
+    log.warning("backend unavailable on %s: %s", path, exc)
+    return JSONResponse(
+        {"detail": "storage backend unavailable, retry later"},
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
 
 
 class BodyLimit:

@@ -164,3 +164,32 @@ def test_models_list_prints_the_lines_the_readme_shows():
         assert rows.get(name) == line, (
             f"README shows:\n{line}\nthe command prints:\n{rows.get(name)}"
         )
+
+
+def _demo_lines(lines: list[str]) -> list[str]:
+    """The demo's lines with what differs from run to run masked, in a fixed order (the
+    'analysed' lines interleave with the sends as the worker keeps up)."""
+    masks = [
+        (r"127\.0\.0\.1:\d+", "127.0.0.1:PORT"),
+        (r"/tmp/fieldstation-demo-\w+", "/tmp/fieldstation-demo-X"),
+        (r"/dev/pts/\d+", "/dev/pts/N"),
+        (r" +\d+\.\d+ ms", " T ms"),
+        (r"elapsed +\S+ s", "elapsed T s"),
+        (r"-t\d+-", "-tT-"),  # the HTTP unit's ids carry the station's receive time
+    ]
+    out = []
+    for line in lines:
+        if re.fullmatch(r"  uploaded \d+/\d+ to the cloud", line):
+            continue  # progress: how many had arrived when the demo looked
+        for pattern, mask in masks:
+            line = re.sub(pattern, mask, line)
+        out.append(line)
+    return sorted(out)
+
+
+def test_demo_prints_what_the_readme_shows(tmp_path):
+    [(command, shown)] = transcripts("fieldstation demo")
+    r = fieldstation(*command.split()[1:], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    real = _trim((r.stdout + r.stderr).splitlines())
+    assert _demo_lines(shown) == _demo_lines(real), "\n".join(["the demo prints:", *real])

@@ -45,6 +45,7 @@ kind = "sysfs"
 def test_uploads_inference_and_model_downloads_follow_the_state(make_station, sysfs, sys_root):
     sysfs.set(90, amps=1.2)  # NORMAL and charging
     station = make_station(power_toml(sys_root))
+    wait_for(lambda: station.power.current.charging, what="the first reading")
     assert station.uploader.status()["paused"] is None
     assert station.inference.power_mode == "all"
     assert station.modelsync.may_download() and station.modelsync.may_activate()

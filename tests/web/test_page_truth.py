@@ -1,6 +1,6 @@
 """What the audit of the station page found as a technician meets it: a station whose every sync
-endpoint is unreachable must not read as all well, and a detection at an image's edge must not
-widen the page past a 360 px phone."""
+endpoint is unreachable, or whose buffer holds an alarm, must not read as all well; a detection at
+an image's edge must not widen the page past a 360 px phone."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import json
 import pytest
 import requests
 
+from agent.config import ByteSize
 from agent.inference.package import Detection
 from agent.scenes import scene_jpeg
-from tests.helpers import free_port, wait_for
+from tests.helpers import free_port, jpeg, wait_for
 from tests.web.page_rig import Field, log_in
 
 pytestmark = pytest.mark.timeout(120)
@@ -43,6 +44,24 @@ token = "t0ken"
     assert "READY" in page and "nothing is unwell" not in page
     assert "uploads offline: no sync endpoint answers (aws: " in page
     assert "1 captures wait here" in page
+
+
+def test_overview_names_the_buffers_own_alarm_instead_of_all_is_well(make_station):
+    # a quota smaller than one capture that may not be evicted (not yet analysed or uploaded)
+    station = make_station(storage={"quota_bytes": ByteSize(1 << 20), "evict_interval_s": 1.0})
+    url = f"http://{station.config.http.listen}"
+    meta = json.dumps({"device_id": "a1b2c3", "timestamp": 1764115200})
+    r = requests.post(
+        f"{url}/api/detections",
+        files={"metadata": (None, meta), "image": ("c.jpg", jpeg(4, (1400, 1000)), "image/jpeg")},
+        timeout=10,
+    )
+    assert r.status_code == 201, r.text
+    wait_for(lambda: station.store.alarms(), 30, "the storage_quota alarm")
+    page = requests.get(f"{url}/", timeout=5).text
+    assert "nothing is unwell" not in page
+    lead = page[page.index('id="ready-words"') :].split("</p>")[0]
+    assert "storage_quota: buffer holds" in lead
 
 
 def test_a_box_at_the_right_edge_stays_inside_a_360_px_phone(field_station: Field, browser):
