@@ -1,7 +1,8 @@
 """`fieldstation models verify|activate|rollback|status`: model sync by hand, for a technician.
 
 `verify` runs the same checks as the sync path on a package file (a USB stick: the `.tar.gz` with
-its `.sig` beside it). `activate` and `rollback` switch the same atomic pointer the sync worker
+its `.sig` beside it); a folder or a tar with no `.sig` gets every check but the signature, and
+says so. `activate` and `rollback` switch the same atomic pointer the sync worker
 does; a running station follows it within a second.
 """
 
@@ -21,10 +22,17 @@ def add_model_commands(msub: Any, with_config: Any) -> None:
     """Add verify, activate, rollback and status under `fieldstation models`."""
     verify = msub.add_parser("verify", help="check a package file as model sync would")
     with_config(verify)
-    verify.add_argument("package", type=Path, metavar="PKG", help="the .tar.gz from the cloud")
+    verify.add_argument(
+        "package", type=Path, metavar="PKG", help="the .tar.gz from the cloud, or a package folder"
+    )
     verify.add_argument("--sig", type=Path, help="its signature file (default PKG.sig)")
     verify.add_argument(
         "--key", action="append", default=[], help="trusted public key (default: the config's)"
+    )
+    verify.add_argument(
+        "--require-signature",
+        action="store_true",
+        help="fail when PKG has no .sig (default: check everything else and say it is unsigned)",
     )
     verify.set_defaults(func=cmd_verify)
     activate = msub.add_parser("activate", help="make an installed version active now")
@@ -73,27 +81,55 @@ def cmd_verify(args: argparse.Namespace) -> int:
     s = config.modelsync
     keys = args.key or list(s.trusted_keys)
     sig = args.sig or args.package.with_name(args.package.name + ".sig")
+    if not args.package.exists():
+        print(
+            f"fieldstation models verify: {args.package}: no such file or folder", file=sys.stderr
+        )
+        return 2
+    signed = args.sig is not None or sig.exists()
+    if not signed and args.require_signature:
+        print(f"fieldstation models verify: {args.package}: no signature ({sig})", file=sys.stderr)
+        return 1
     try:
-        release = Release.from_sig_file(sig)
         with tempfile.TemporaryDirectory(prefix="fieldstation-verify-") as tmp:
-            folder = verify_package(
-                args.package, release, keys, Path(tmp) / "pkg", int(s.max_package_bytes)
-            )
-            print(f"{release.id}: sha256 ok, signed by trusted key {release.key_id}, card ok")
-            _package, ms = self_test(
+            if signed:
+                release = Release.from_sig_file(sig)
+                folder = verify_package(
+                    args.package, release, keys, Path(tmp) / "pkg", int(s.max_package_bytes)
+                )
+                print(f"{release.id}: sha256 ok, signed by trusted key {release.key_id}, card ok")
+            else:
+                folder = _unsigned_folder(args.package, Path(tmp) / "pkg", int(s.max_package_bytes))
+            package, ms = self_test(
                 folder,
                 latency_budget_ms=s.max_latency_ms,
                 deadline_s=s.selftest_deadline_s,
                 threads=config.inference.threads,
                 xnnpack=config.inference.xnnpack,
             )
-            goldens = len(release.card.get("selftest", []))
-            print(f"{release.id}: {goldens} golden self-test(s) reproduce, {ms:.1f} ms per image")
+            name = package.card.id
+            goldens = len(package.card.selftest)
+            if not signed:
+                print(f"{name}: card, model sha256 and shapes ok; NOT signed (no {sig.name})")
+            print(f"{name}: {goldens} golden self-test(s) reproduce, {ms:.1f} ms per image")
     except VerifyError as exc:
         print(f"fieldstation models verify: {args.package}: {exc}", file=sys.stderr)
         return 1
-    print(f"{release.id}: ok")
+    print(f"{name}: ok" if signed else f"{name}: ok, but unsigned: model sync would refuse it")
     return 0
+
+
+def _unsigned_folder(package: Path, dest: Path, max_bytes: int) -> Path:
+    """A package folder as it is, or a tar extracted with the same guards as the sync path."""
+    from agent.modelsync import artifact as art
+    from agent.modelsync.verify import VerifyError
+
+    if package.is_dir():
+        return package
+    try:
+        return art.safe_extract(package, dest, max_bytes)
+    except art.ArtifactError as exc:
+        raise VerifyError("verify", str(exc)) from None
 
 
 def cmd_activate(args: argparse.Namespace) -> int:

@@ -56,6 +56,29 @@ def test_verify_checks_a_usb_package_as_the_sync_path_does(tmp_path, keypair):
     assert other.returncode == 1 and "signed by unknown key" in other.stderr
 
 
+def test_verify_checks_an_unsigned_folder_or_tar_and_says_it_is_unsigned(tmp_path, keypair):
+    _key, public = keypair
+    config = _station_toml(tmp_path, public)
+    folder = make_version(tmp_path, "2.0.0")
+    ok = fieldstation("models", "verify", str(folder), "--config", str(config))
+    assert ok.returncode == 0, ok.stderr
+    assert "NOT signed" in ok.stdout and "golden self-test(s) reproduce" in ok.stdout
+    assert (
+        ok.stdout.splitlines()[-1] == f"{NAME}@2.0.0: ok, but unsigned: model sync would refuse it"
+    )
+    strict = fieldstation(
+        "models", "verify", str(folder), "--config", str(config), "--require-signature"
+    )
+    assert strict.returncode == 1 and "no signature" in strict.stderr
+    broken = make_version(tmp_path / "b", "2.0.1", break_golden=True)
+    tar = tmp_path / "broken.tar.gz"
+    from agent.modelsync.artifact import pack_folder
+
+    pack_folder(broken, tar)
+    bad = fieldstation("models", "verify", str(tar), "--config", str(config))
+    assert bad.returncode == 1 and "selftest" in bad.stderr
+
+
 def test_activate_rollback_and_status_switch_the_pointer(tmp_path, keypair):
     _key, public = keypair
     config = _station_toml(tmp_path, public)
