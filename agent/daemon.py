@@ -23,6 +23,7 @@ from agent.metrics import Metrics
 from agent.modelsync import versions  # noqa: F401  # registers model sync's table before the store opens
 from agent.power.api import power_routes
 from agent.power.worker import PowerState, PowerWorker  # also registers the power tables
+from agent.salvage import recover_set_aside
 from agent.sdnotify import notify, watchdog_interval
 from agent.store import BUFFER_FILE, Store, StoreError
 from agent.supervisor import Supervisor, Worker
@@ -67,10 +68,13 @@ class Station:
                 min_free_bytes=config.storage.min_free_bytes,
                 check_on_start=config.storage.check_on_start,
                 clock=clock,
+                reserve_bytes=config.storage.reserve_bytes,
             )
         except BaseException:
             self.lock.release()
             raise
+        if self.store.set_aside is not None:  # a damaged buffer: its captures come back, once
+            recover_set_aside(self.store)
         self.metrics.watch_store(self.store)
         # what the heartbeats say; components add their part with self.heartbeat.add(name, fn)
         self.heartbeat = Heartbeat(self.store, self.station_id)

@@ -21,6 +21,9 @@ HEADER_SIZE = HEADER.size  # 8
 CRC_SIZE = 4
 OVERHEAD = HEADER_SIZE + CRC_SIZE
 MAX_PAYLOAD = 0xFFFF
+CHUNK_HEAD_SIZE = 6  # capture_id u32, index u16
+MAX_CHUNK = MAX_PAYLOAD - CHUNK_HEAD_SIZE  # 65529: the largest chunk one frame can carry
+LEGACY_MAX_CHUNK = 16384  # what a unit whose HELLO has no max_chunk can send (PROTOCOL.md §3)
 NO_CAPTURE = 0xFFFFFFFF
 UNIT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}\Z")  # \Z: "$" would accept a final "\n"
 JPEG_SOI = b"\xff\xd8"
@@ -147,13 +150,18 @@ class Message:
     """Base of every payload; subclasses list their fields in wire order."""
 
     TYPE: ClassVar[FrameType]
-    # (field name, struct code or "str" / "unit_id" / "mac" / "bytes")
+    # (field name, struct code or "str" / "unit_id" / "mac" / "bytes"); a code starting with "?"
+    # is an optional field appended in a later revision (§7): None when the payload ends before it
     LAYOUT: ClassVar[tuple[tuple[str, str], ...]]
 
     def encode_payload(self) -> bytes:
         out = bytearray()
         for name, code in self.LAYOUT:
             value = getattr(self, name)
+            if code.startswith("?"):
+                if value is None:
+                    break  # optional fields are appended in order: the first absent ends them
+                code = code[1:]
             if code == "unit_id":
                 out += _str(check_unit_id(value), name)
             elif code == "str":
@@ -174,6 +182,10 @@ class Message:
         r = _Reader(payload, cls.TYPE.name)
         values: dict[str, object] = {}
         for name, code in cls.LAYOUT:
+            if code.startswith("?"):
+                if r.pos == len(r.data):
+                    break  # an older sender: this and later optional fields keep None
+                code = code[1:]
             if code == "unit_id":
                 uid = r.string(name)
                 if not UNIT_ID_RE.match(uid):
@@ -198,7 +210,9 @@ class Message:
     def to_json(self) -> dict[str, object]:
         out = asdict(self)
         for f in fields(self):
-            if isinstance(out[f.name], bytes):
+            if out[f.name] is None:
+                del out[f.name]  # an absent optional field, as on the wire
+            elif isinstance(out[f.name], bytes):
                 out[f.name] = out[f.name].hex()
         return out
 
@@ -212,12 +226,23 @@ class Hello(Message):
         ("chip", "str"),
         ("mac", "mac"),
         ("protocol_version", "B"),
+        ("max_chunk", "?H"),
     )
     unit_id: str
     firmware_version: str
     chip: str
     mac: str
     protocol_version: int = VERSION
+    max_chunk: int | None = None  # largest chunk the unit can send; None: an older unit
+
+    @property
+    def sendable_chunk(self) -> int:
+        """The largest chunk this unit can send (16 KiB for units that do not say)."""
+        return LEGACY_MAX_CHUNK if self.max_chunk is None else self.max_chunk
+
+    def validate(self) -> None:
+        if self.max_chunk == 0:
+            raise ProtocolError("HELLO: max_chunk is 0")
 
 
 @dataclass(frozen=True)
@@ -251,9 +276,10 @@ _CONFIG_LAYOUT = (
     ("sleep_start_min", "H"),
     ("sleep_end_min", "H"),
     ("station_time_ms", "Q"),
+    ("chunk_size", "?H"),
 )
 NO_QUIET_PERIOD = 0xFFFF
-_CHUNK_HEAD = struct.Struct("<IH")  # capture_id, index
+_CHUNK_HEAD = struct.Struct("<IH")  # capture_id, index (CHUNK_HEAD_SIZE bytes)
 
 
 def _validate_config(msg: Config | ConfigReport) -> None:
@@ -265,6 +291,8 @@ def _validate_config(msg: Config | ConfigReport) -> None:
         v = getattr(msg, name)
         if v != NO_QUIET_PERIOD and v >= 24 * 60:
             raise ProtocolError(f"{name} {v} is not a minute of the day")
+    if msg.chunk_size is not None and not 1 <= msg.chunk_size <= MAX_CHUNK:
+        raise ProtocolError(f"chunk_size {msg.chunk_size} is not 1 … {MAX_CHUNK}")
 
 
 @dataclass(frozen=True)
@@ -278,6 +306,7 @@ class Config(Message):
     sleep_start_min: int = NO_QUIET_PERIOD
     sleep_end_min: int = NO_QUIET_PERIOD
     station_time_ms: int = 0
+    chunk_size: int | None = None  # CONFIG: chunk to use from now on; None: keep the unit's own
 
     def validate(self) -> None:
         _validate_config(self)
@@ -295,6 +324,7 @@ class ConfigReport(Message):
     sleep_start_min: int = NO_QUIET_PERIOD
     sleep_end_min: int = NO_QUIET_PERIOD
     station_time_ms: int = 0
+    chunk_size: int | None = None  # the chunk the unit now sends; None: an older unit
 
     def validate(self) -> None:
         _validate_config(self)
@@ -533,6 +563,11 @@ class StreamDecoder:
     @property
     def buffered(self) -> int:
         return len(self._buf)
+
+
+def negotiate_chunk(hello: Hello, *limits: int) -> int:
+    """The chunk size a unit should use: the smallest of what it can send and every limit."""
+    return max(1, min(hello.sendable_chunk, MAX_CHUNK, *limits))
 
 
 def is_jpeg(data: bytes) -> bool:

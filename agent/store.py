@@ -11,6 +11,7 @@ keep their SQL in their own module.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.capture import Capture
+from agent.diskreserve import DiskReserve
+from agent.walcheck import WalCheck, set_aside_if_damaged
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +184,15 @@ class StoredDetection(Protocol):
     def children(self) -> Sequence[StoredDetection]: ...
 
 
+# Older buffers are vacuumed once at open to turn on incremental vacuum, when no larger than this.
+_VACUUM_ON_OPEN_MAX = 256 << 20
+# The WAL is folded into the database every 512 pages (2 MiB) and shrinks back to 2 MiB after,
+# so un-checkpointed pages never take more of the disk than the reserve (4 MiB) can stand for.
+_WAL_AUTOCHECKPOINT_PAGES = 512
+_WAL_SIZE_LIMIT = 2 << 20
+_EVICT_STEP_BYTES = 1 << 20  # image bytes deleted per eviction transaction
+
+
 class StoreError(RuntimeError):
     """The buffer could not do what was asked; the message says what and why."""
 
@@ -220,12 +232,21 @@ class Store:
         check_on_start: bool = True,
         clock: Callable[[], float] = time.time,
         readonly: bool = False,
+        reserve_bytes: int = 0,
     ) -> None:
         self.path = Path(path)
         self.quota_bytes = quota_bytes
         self.min_free_bytes = min_free_bytes
         self.clock = clock
         self.recovered_from: Path | None = None
+        self.reserve = DiskReserve(self.path.parent, reserve_bytes)
+        # (since, why) while the disk refuses captures; in memory first, as a full disk may also
+        # refuse the alarm's row
+        self._disk_full: tuple[float, str] | None = None
+        self._recovery: tuple[Path, str] | None = None
+        # a damaged buffer file set aside at open, whose captures salvage reads back
+        self.set_aside: Path | None = None
+        self.recovery_note = ""
         self._lock = threading.RLock()
         self._pending_lock = threading.Lock()
         self._pending: list[_PendingCapture] = []
@@ -239,6 +260,8 @@ class Store:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = self._open_or_recover(check_on_start)
+        self._finish_recovery()
+        self._follow_disk()
 
     # --- opening -------------------------------------------------------------------------------
 
@@ -250,9 +273,9 @@ class Store:
         return conn
 
     def _open_or_recover(self, check: bool) -> sqlite3.Connection:
+        damaged = self._check_wal()
         try:
-            conn = self._connect()
-            self._configure(conn)
+            conn = self._open()
             if check:
                 result = conn.execute("PRAGMA quick_check").fetchone()[0]
                 if result != "ok":
@@ -266,18 +289,91 @@ class Store:
             except Exception:
                 pass
             self.recovered_from = self._move_aside(exc)
-            conn = self._connect()
-            self._configure(conn)
+            conn = self._open()
             self._migrate(conn)
-            self._raise_alarm(
-                conn,
-                "database_recovered",
+            self._recovery = (
+                self.recovered_from,
                 f"buffer database was corrupt ({exc}); moved to {self.recovered_from.name}, "
                 "started a fresh one",
             )
             return conn
         self._migrate(conn)
+        self._enable_giving_space_back(conn)
+        if damaged is not None:
+            aside, found = damaged
+            self._recovery = (
+                aside,
+                f"buffer WAL was damaged: {found.frames_lost} frames of committed work SQLite "
+                f"would drop ({found.damaged_frames} frames unreadable); copies of the database "
+                f"and its WAL kept as {aside.name}",
+            )
         return conn
+
+    def _open(self) -> sqlite3.Connection:
+        """Connect and configure; on a full disk give up the reserve and try once more (SQLite
+        needs room for its WAL index even to read)."""
+        for attempt in (1, 2):
+            conn = self._connect()
+            try:
+                self._configure(conn)
+                return conn
+            except sqlite3.OperationalError as exc:
+                conn.close()
+                if attempt == 2 or self.disk_free() >= 1 << 20 or not self.reserve.give_up():
+                    raise
+                self._note_disk_full(f"the disk was full when the buffer opened ({exc})")
+        raise AssertionError("unreachable")
+
+    def _check_wal(self) -> tuple[Path, WalCheck] | None:
+        """Before SQLite replays the WAL (and then deletes it): would it drop committed frames?"""
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self.clock()))
+        try:
+            found = set_aside_if_damaged(self.path, stamp)
+        except OSError as exc:  # no room for the copies: SQLite keeps what it can, we say so
+            log.critical("buffer WAL is damaged and no copy could be kept: %s", exc)
+            self._recovery = (self.path, f"buffer WAL was damaged; no copy could be kept ({exc})")
+            return None
+        if found is not None:
+            aside, check = found
+            log.critical(
+                "buffer WAL %s-wal is damaged: SQLite would drop %d frames of committed work; "
+                "kept copies as %s and will read the captures back from them",
+                self.path,
+                check.frames_lost,
+                aside,
+            )
+        return found
+
+    def _finish_recovery(self) -> None:
+        """Raise the alarm for a file set aside at open; `set_aside` names it for salvage."""
+        if self._recovery is None:
+            return
+        source, self.recovery_note = self._recovery
+        self._recovery = None
+        self.set_aside = source if source != self.path else None
+        self.raise_alarm("database_recovered", self.recovery_note)
+
+    def raise_alarm(self, kind: str, message: str) -> None:
+        """Raise (or update the message of) an alarm; a full disk may refuse the row."""
+        with contextlib.suppress(sqlite3.Error), self.transaction() as conn:
+            self._raise_alarm(conn, kind, message)
+
+    def _enable_giving_space_back(self, conn: sqlite3.Connection) -> None:
+        """Buffers made before auto_vacuum: one VACUUM turns it on, when small and with room."""
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+            return
+        size = self.path.stat().st_size
+        if size > _VACUUM_ON_OPEN_MAX or self.disk_free() < 3 * size + self.min_free_bytes:
+            log.warning(
+                "buffer %s predates incremental vacuum: eviction frees space inside it, not on "
+                "the disk",
+                self.path,
+            )
+            return
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        log.info("buffer %s now gives evicted space back to the disk", self.path)
 
     def _move_aside(self, exc: Exception) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self.clock()))
@@ -309,7 +405,13 @@ class Store:
 
     @staticmethod
     def _configure(conn: sqlite3.Connection) -> None:
+        if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+            # a new buffer: freed pages can go back to the disk (eviction), set before any table
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         conn.execute("PRAGMA journal_mode = WAL")
+        # after a checkpoint the WAL file shrinks back to this, instead of keeping its peak size
+        conn.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {_WAL_AUTOCHECKPOINT_PAGES}")
         # FULL, not NORMAL: in WAL mode NORMAL skips the fsync at commit, so a power cut can roll
         # back the last commits -- captures the units were already told to delete. FULL syncs the
         # WAL on every commit, which is what makes "ACK after commit" a promise.
@@ -368,7 +470,7 @@ class Store:
                     conn.execute(f"PRAGMA user_version = {n}")
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
             if done is None:
                 log.info("buffer schema: %s migrated to version %d", m.owner, m.version)
@@ -403,10 +505,10 @@ class Store:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                _rollback(self._conn)
                 raise
-            self._conn.execute("COMMIT")
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -439,14 +541,26 @@ class Store:
                         for pending in batch:
                             pending.result = self._insert_capture(conn, pending.capture)
                 except BaseException as exc:
+                    error = self._storage_error(exc)
                     for pending in batch:
-                        pending.error = exc
+                        pending.error = error
                 for pending in batch:
                     pending.done = True
         if slot.error is not None:
             raise slot.error
         assert slot.result is not None
+        if self._disk_full is not None:
+            self._follow_disk()
         return slot.result
+
+    def _storage_error(self, exc: BaseException) -> BaseException:
+        """A full disk becomes StorageFull: units keep their copy (NAK storage_full, HTTP 507)."""
+        if isinstance(exc, StorageFull) or not disk_full(exc):
+            return exc
+        self._note_disk_full(f"SQLite: {exc}")
+        full = StorageFull(f"the disk is full ({exc}); the unit keeps its copy")
+        full.__cause__ = exc
+        return full
 
     def _insert_capture(self, conn: sqlite3.Connection, capture: Capture) -> AddResult:
         rows = conn.execute(
@@ -853,15 +967,21 @@ class Store:
     def disk_free(self) -> int:
         return shutil.disk_usage(self.path.parent).free
 
+    def _room_needed(self) -> int:
+        """Free space below which captures are refused: the reserve, if given up, counts."""
+        return self.min_free_bytes + max(0, self.reserve.size - self.reserve.held)
+
     def _ensure_room(self, incoming: int) -> None:
-        if self.disk_free() - incoming >= self.min_free_bytes:
+        if self.disk_free() - incoming >= self._room_needed():
             return
         self.evict(target_bytes=max(0, self.image_bytes() - incoming - self.min_free_bytes))
-        if self.disk_free() - incoming < self.min_free_bytes:
-            raise StorageFull(
+        if self.disk_free() - incoming < self._room_needed():
+            why = (
                 f"disk has {self.disk_free()} bytes free, below min_free_bytes "
                 f"{self.min_free_bytes}, and nothing more may be evicted"
             )
+            self._note_disk_full(why)
+            raise StorageFull(why)
 
     def evict(self, target_bytes: int | None = None) -> int:
         """Drop image bytes until the buffer fits; return how many captures were evicted.
@@ -872,28 +992,35 @@ class Store:
         """
         target = self.quota_bytes if target_bytes is None else target_bytes
         evicted = 0
+        for attempt in (1, 2):
+            try:
+                evicted = self._evict_to(target)
+                break
+            except sqlite3.OperationalError as exc:
+                if not disk_full(exc):
+                    raise
+                # a delete writes to the WAL too: on a full disk the reserve makes that room
+                if attempt == 2 or not self.reserve.give_up():
+                    self._note_disk_full(f"the disk is full and eviction could not run ({exc})")
+                    return 0
+        if evicted:
+            self._give_space_back()
+        self._follow_disk()
+        return evicted
+
+    def _evict_to(self, target: int) -> int:
+        """Evict in steps of about _EVICT_STEP_BYTES, each committed and its WAL folded in and
+        truncated: SQLite zeroes what it deletes (secure_delete) through the WAL, so one big
+        delete would need as much free disk as it frees."""
+        evicted = 0
+        while True:
+            step, total, more = self._evict_step(target)
+            evicted += step
+            if not (step and more):
+                break
+            with self._lock:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         with self.transaction() as conn:
-            total = conn.execute("SELECT coalesce(sum(bytes), 0) FROM images").fetchone()[0]
-            if total > target:
-                candidates = conn.execute(
-                    """SELECT c.id, (SELECT coalesce(sum(bytes), 0) FROM images i
-                                     WHERE i.capture_id = c.id) AS b
-                       FROM captures c
-                       WHERE c.state = 'uploaded'
-                          OR (c.state = 'analysed' AND c.empty = 1)
-                       ORDER BY (c.state = 'uploaded') DESC, c.received_at, c.id"""
-                )
-                for row in candidates:
-                    if total <= target:
-                        break
-                    conn.execute("DELETE FROM images WHERE capture_id = ?", (row["id"],))
-                    conn.execute(
-                        """UPDATE captures SET state = 'evicted', state_changed_at = ?
-                           WHERE id = ?""",
-                        (self.clock(), row["id"]),
-                    )
-                    total -= row["b"]
-                    evicted += 1
             if total > target:
                 self._raise_alarm(
                     conn,
@@ -906,6 +1033,80 @@ class Store:
         if evicted:
             log.info("evicted %d captures to fit the buffer quota of %d bytes", evicted, target)
         return evicted
+
+    def _evict_step(self, target: int) -> tuple[int, int, bool]:
+        """One transaction of eviction: (captures evicted, image bytes left, more to do)."""
+        evicted = freed = 0
+        with self.transaction() as conn:
+            total = conn.execute("SELECT coalesce(sum(bytes), 0) FROM images").fetchone()[0]
+            if total <= target:
+                return 0, total, False
+            candidates = conn.execute(
+                """SELECT c.id, (SELECT coalesce(sum(bytes), 0) FROM images i
+                                 WHERE i.capture_id = c.id) AS b
+                   FROM captures c
+                   WHERE c.state = 'uploaded'
+                      OR (c.state = 'analysed' AND c.empty = 1)
+                   ORDER BY (c.state = 'uploaded') DESC, c.received_at, c.id"""
+            ).fetchall()
+            for row in candidates:
+                if total <= target or freed >= _EVICT_STEP_BYTES:
+                    break
+                conn.execute("DELETE FROM images WHERE capture_id = ?", (row["id"],))
+                conn.execute(
+                    """UPDATE captures SET state = 'evicted', state_changed_at = ?
+                       WHERE id = ?""",
+                    (self.clock(), row["id"]),
+                )
+                total -= row["b"]
+                freed += row["b"]
+                evicted += 1
+        return evicted, total, total > target and evicted < len(candidates)
+
+    def _give_space_back(self) -> None:
+        """Hand the pages eviction freed back to the filesystem: incremental vacuum in steps,
+        each followed by a checkpoint that truncates the WAL, so neither file keeps them."""
+        try:
+            with self._lock:  # first the WAL: the steps below then never need much room
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                incremental = self._conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+            for _ in range(100_000 if incremental else 0):  # bounded; up to 1 MiB a step
+                with self._lock:  # let captures in between steps
+                    if not self._conn.execute("PRAGMA freelist_count").fetchone()[0]:
+                        break
+                    self._conn.execute("PRAGMA incremental_vacuum(256)").fetchall()
+                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            with self._lock:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.OperationalError as exc:  # busy or full: the next eviction tries again
+            log.warning("could not give evicted space back to the disk yet: %s", exc)
+
+    def _follow_disk(self) -> None:
+        """Clear the storage_full alarm once the disk has room again, and hold the reserve."""
+        if self.readonly or self.disk_free() < self._room_needed():
+            return
+        self.reserve.take(keep_free=self.min_free_bytes)
+        was = self._disk_full
+        self._disk_full = None
+        if was is None and all(a["kind"] != "storage_full" for a in self.alarms()):
+            return
+        try:
+            with self.transaction() as conn:
+                self._clear_alarm(conn, "storage_full")
+        except sqlite3.Error:
+            return
+        if was is not None:
+            log.warning("the disk has room again: captures are taken again")
+
+    def _note_disk_full(self, why: str) -> None:
+        """Raise storage_full: in memory at once, in the alarms table when the disk allows."""
+        if self._disk_full is None:
+            self._disk_full = (self.clock(), why)
+            log.error("alarm storage_full: %s", why)
+        if not hasattr(self, "_conn"):
+            return  # still opening: the row is written the next time the disk refuses
+        with contextlib.suppress(sqlite3.Error), self.transaction() as conn:
+            self._raise_alarm(conn, "storage_full", why)
 
     def _raise_alarm(self, conn: sqlite3.Connection, kind: str, message: str) -> None:
         row = conn.execute("SELECT active FROM alarms WHERE kind = ?", (kind,)).fetchone()
@@ -931,7 +1132,12 @@ class Store:
     def alarms(self) -> list[dict[str, object]]:
         with self.read() as conn:
             rows = conn.execute("SELECT * FROM alarms WHERE active = 1 ORDER BY kind").fetchall()
-        return [dict(r) for r in rows]
+        out = [dict(r) for r in rows]
+        if self._disk_full is not None and all(a["kind"] != "storage_full" for a in out):
+            since, why = self._disk_full
+            out.append({"kind": "storage_full", "active": 1, "raised_at": since, "message": why})
+            out.sort(key=lambda a: str(a["kind"]))
+        return out
 
     # --- what operators see --------------------------------------------------------------------
 
@@ -1019,6 +1225,32 @@ def _applied_migrations(conn: sqlite3.Connection) -> set[tuple[str, int]]:
         conn.execute("ROLLBACK")
         raise
     return {(r[0], r[1]) for r in rows}
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back if a transaction is still open. SQLite rolls back by itself on some errors
+    (a full disk among them); a ROLLBACK then fails and would hide the error that mattered."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Is a full disk behind this error (StorageFull, or SQLite's "database or disk is full"
+    anywhere in its chain)?"""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, StorageFull):
+            return True
+        if isinstance(seen, sqlite3.Error) and (
+            getattr(seen, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+            or "disk is full" in str(seen)
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _split_sql(script: str) -> list[str]:

@@ -13,6 +13,8 @@ from agent.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+MONITOR_IDLE_S = 600.0  # with every worker running the monitor has nothing to do; a long nap
+
 
 class WorkerStatus(TypedDict):
     name: str
@@ -56,6 +58,7 @@ class Supervisor:
         self.backoff_max_s = backoff_max_s
         self.stable_after_s = stable_after_s
         self.stop_event = threading.Event()
+        self._ended = threading.Event()  # a worker ended, or the station stops: the monitor looks
         self._slots: dict[str, _Slot] = {}
         self._lock = threading.Lock()
         self._monitor: threading.Thread | None = None
@@ -103,17 +106,25 @@ class Supervisor:
             )
         finally:
             slot.running = False
+            self._ended.set()
             if self.on_change:
                 self.on_change()
 
     def _watch(self) -> None:
-        while not self.stop_event.wait(0.5):
+        # asleep until a worker ends or a restart is due: no wake-ups while every worker runs
+        while not self.stop_event.is_set():
+            self._ended.clear()  # before looking: an end from now on cuts the next wait short
             now = time.monotonic()
+            due = []
             for slot in self._slots.values():
-                if not slot.running and slot.next_start and now >= slot.next_start:
-                    slot.next_start = 0.0
-                    log.info("restarting worker %s", slot.worker.name)
-                    self._start(slot)
+                if not slot.running and slot.next_start:
+                    if now >= slot.next_start:
+                        slot.next_start = 0.0
+                        log.info("restarting worker %s", slot.worker.name)
+                        self._start(slot)
+                    else:
+                        due.append(slot.next_start - now)
+            self._ended.wait(min(due, default=MONITOR_IDLE_S))
 
     def healthy(self) -> bool:
         """True while every worker is running (the systemd watchdog is fed only then)."""
@@ -134,6 +145,7 @@ class Supervisor:
     def stop(self, timeout: float = 10.0) -> None:
         """Ask every worker to stop and wait for them (SIGTERM drains through here)."""
         self.stop_event.set()
+        self._ended.set()
         deadline = time.monotonic() + timeout
         for slot in self._slots.values():
             if slot.thread is not None:

@@ -13,7 +13,8 @@ if ! command -v systemd-analyze >/dev/null 2>&1 || [ ! -e /usr/lib/systemd/syste
     apt-get install -y -qq --no-install-recommends systemd >/dev/null
 fi
 # udevadm (Debian's `udev` package) parses the ESP32 adapters' rule (tests/deploy/test_udev.py);
-# unshare (util-linux, always present) keeps that parse in a private mount namespace.
+# unshare (util-linux, always present) keeps that parse in a private mount namespace; libseccomp2
+# (a dependency of systemd) builds the unit's syscall filter (tests/deploy/test_syscall_filter.py).
 if ! command -v udevadm >/dev/null 2>&1; then
     echo "deploy.sh: installing Debian's udev package (udevadm)"
     export DEBIAN_FRONTEND=noninteractive

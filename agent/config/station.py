@@ -44,9 +44,14 @@ class IngestSection:
     max_capture_bytes: ByteSize = opt(
         ByteSize(4 << 20), help="largest JPEG accepted", min=1024, max=64 << 20
     )
-    max_chunk_bytes: int = opt(16384, help="largest chunk_size a unit may use", min=64, max=65000)
+    max_chunk_bytes: int = opt(
+        65000,
+        help="largest chunk_size a unit may use; units are told the smaller of this and theirs",
+        min=64,
+        max=65000,
+    )
     max_frame_payload: int = opt(
-        16400, help="serial frames with a longer length field count as noise", min=128, max=65535
+        65535, help="frames with a longer length field count as noise", min=128, max=65535
     )
     capture_timeout_s: float = opt(
         30.0, help="incomplete captures are discarded after this long", min=1, max=3600

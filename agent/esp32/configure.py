@@ -39,7 +39,7 @@ NVS_KEYS: dict[str, tuple[str, int | tuple[int, int]]] = {
     "quiet_start": ("u16", (0, 0xFFFF)),
     "quiet_end": ("u16", (0, 0xFFFF)),
     "tz_offset_min": ("i16", (-840, 840)),
-    "chunk_size": ("u16", (1, 16384)),
+    "chunk_size": ("u16", (1, 65529)),
     "ack_timeout_ms": ("u32", (100, 0xFFFFFFFF)),
     "max_attempts": ("u8", (1, 255)),
     "linger_ms": ("u32", (0, 0xFFFFFFFF)),

@@ -217,6 +217,9 @@ def _declare(lib: C.CDLL) -> None:
         "wc_unit_config": (C.POINTER(Config), [C.c_void_p]),
         "wc_unit_stats": (C.POINTER(Stats), [C.c_void_p]),
         "wc_unit_state": (C.c_int, [C.c_void_p]),
+        "wc_unit_set_chunk_buffer": (None, [C.c_void_p, u8p, C.c_size_t]),
+        "wc_unit_chunk_size": (C.c_uint16, [C.c_void_p]),
+        "wc_unit_max_chunk": (C.c_uint16, [C.c_void_p]),
     }
     for name, (res, args) in sig.items():
         fn = getattr(lib, name)

@@ -149,6 +149,12 @@ class CoreVirtualUnit(VirtualUnit):
         )
         if rc != 0:
             raise ValueError(f"unit {unit_id!r}: the core refused its NVS config ({rc})")
+        if self.max_chunk is not None:
+            # the board's PSRAM buffer (app_main.c sizes it from the free heap); None: the core's
+            # built-in 16 KiB one
+            size = min(self.max_chunk, p.MAX_CHUNK) + p.OVERHEAD + p.CHUNK_HEAD_SIZE
+            self._chunk_buf = (C.c_uint8 * size)()
+            self.lib.wc_unit_set_chunk_buffer(self._unit, self._chunk_buf, size)
         self._station_time_ms = 0
         self._lock = threading.RLock()
         # called with the whole NVS dict after the core writes a key (the virtual board persists it)
@@ -339,6 +345,10 @@ class CoreVirtualUnit(VirtualUnit):
     def config(self, value: UnitConfig) -> None:
         # the base class assigns a default UnitConfig in __init__; the core owns the real one
         pass
+
+    @property
+    def chunk_in_use(self) -> int:
+        return int(self.lib.wc_unit_chunk_size(self._unit))
 
     @property
     def stats(self) -> dict[str, int]:

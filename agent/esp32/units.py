@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import Iterable
 
+from agent import protocol as p
 from agent.esp32 import core
 from agent.esp32.host_unit import CoreVirtualUnit
 from agent.esp32.virtual import UnitLink, VirtualUnit
@@ -35,6 +36,7 @@ def virtual_unit(
     images: Iterable[bytes] | None = None,
     nvs: dict[str, int | str] | None = None,
     battery_mv: int = 3900,
+    max_chunk: int | None = p.MAX_CHUNK,
 ) -> VirtualUnit:
     """A unit speaking over `link`; `images`, `nvs` and `battery_mv` are the C core's own inputs
     (the Python fallback has no camera roll, NVS or battery and is told so in the log)."""
@@ -54,6 +56,7 @@ def virtual_unit(
             max_attempts=max_attempts,
             first_capture_id=first_capture_id,
             boot_time=boot_time,
+            max_chunk=max_chunk,
         )
     if not _fallback_logged:
         _fallback_logged = True
@@ -72,4 +75,5 @@ def virtual_unit(
         max_attempts=max_attempts,
         first_capture_id=first_capture_id,
         boot_time=boot_time,
+        max_chunk=max_chunk,
     )

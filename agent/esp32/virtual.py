@@ -220,11 +220,15 @@ class VirtualUnit:
         max_attempts: int = 4,
         first_capture_id: int = 1,
         boot_time: float | None = None,
+        max_chunk: int | None = p.MAX_CHUNK,
     ) -> None:
         p.check_unit_id(unit_id)
         self.unit_id = unit_id
         self.link = link
         self.chunk_size = chunk_size
+        # what HELLO advertises (an ESP32-S3 with PSRAM: a whole frame); None: an older unit that
+        # neither advertises nor follows a negotiated chunk size
+        self.max_chunk = max_chunk
         self.firmware_version = firmware_version
         self.chip = chip
         rnd = random.Random(unit_id)
@@ -250,11 +254,18 @@ class VirtualUnit:
         return int((time.monotonic() - self.boot) * 1000)
 
     def hello(self) -> None:
-        self._send(p.Hello(self.unit_id, self.firmware_version, self.chip, self.mac), "hello")
+        hello = p.Hello(self.unit_id, self.firmware_version, self.chip, self.mac)
+        self._send(replace(hello, max_chunk=self.max_chunk), "hello")
         self.report_config()
 
+    @property
+    def chunk_in_use(self) -> int:
+        """The chunk size the unit's captures go out with now."""
+        return self.chunk_size
+
     def report_config(self) -> None:
-        self._send(p.ConfigReport(self.unit_id, **vars(self.config)), "hello")
+        chunk = None if self.max_chunk is None else self.chunk_size
+        self._send(p.ConfigReport(self.unit_id, **vars(self.config), chunk_size=chunk), "hello")
 
     def telemetry(
         self, battery_mv: int = 3900, temperature_c: float | None = 21.5, rssi_dbm: int = -60
@@ -329,6 +340,8 @@ class VirtualUnit:
     def _apply(self, msg: p.Message) -> None:
         if isinstance(msg, p.Config):
             self.config = replace(self.config, **{k: getattr(msg, k) for k in vars(self.config)})
+            if msg.chunk_size is not None and self.max_chunk is not None:
+                self.chunk_size = min(msg.chunk_size, self.max_chunk)
             self.report_config()
         elif isinstance(msg, p.CaptureNow):
             self.capture_requests += 1

@@ -57,6 +57,7 @@ class Assembler:
         on_unit: Callable[[str], None] | None = None,
         on_stored: Callable[[str, str, bool], None] | None = None,
         committer: Executor | None = None,
+        chunk_limit: int = p.MAX_CHUNK,
     ) -> None:
         self.store = store
         self.metrics = metrics
@@ -71,6 +72,10 @@ class Assembler:
         # where the commit and ACK run: inline (serial: one thread per port) or a pool (MQTT:
         # paho has one thread for every unit, and a pool lets their commits share an fsync)
         self.committer = committer
+        # the largest chunk this link carries (MQTT broker packet size, frame payload limit)
+        self.chunk_limit = chunk_limit
+        self.chunk_sizes: dict[str, int] = {}  # unit -> chunk size negotiated at its HELLO
+        self._told: set[str] = set()  # units sent their chunk size since their last HELLO
         self.open: dict[tuple[str, int], _Open] = {}
         self._unknown: dict[int, float] = {}  # capture ids NAKed unknown_capture, and when
         self.last_unit: str | None = None
@@ -153,13 +158,23 @@ class Assembler:
             chip=msg.chip,
             mac=msg.mac,
         )
+        chunk = p.negotiate_chunk(
+            msg,
+            self.limits.max_chunk_bytes,
+            self.limits.max_frame_payload - p.CHUNK_HEAD_SIZE,
+            self.chunk_limit,
+        )
+        self.chunk_sizes[msg.unit_id] = chunk
+        self._told.discard(msg.unit_id)
         log.info(
-            "%s: unit %s says hello (firmware %s, %s, %s)",
+            "%s: unit %s says hello (firmware %s, %s, %s); chunk size %d (it can send %s)",
             self.link,
             msg.unit_id,
             msg.firmware_version,
             msg.chip,
             msg.mac,
+            chunk,
+            msg.max_chunk if msg.max_chunk is not None else "16 KiB, an older unit",
         )
 
     def _telemetry(self, msg: p.Telemetry) -> None:
@@ -178,6 +193,31 @@ class Assembler:
         self.metrics.telemetry.labels(self.path, "config_report").inc()
         config = {k: v for k, v in msg.to_json().items() if k != "unit_id"}
         self.store.update_unit(msg.unit_id, self.path, config=json.dumps(config, sort_keys=True))
+        self._tell_chunk(msg)
+
+    def _tell_chunk(self, report: p.ConfigReport) -> None:
+        """A unit that can change its chunk size (its report says which it uses) and uses another
+        than the one negotiated at its HELLO gets a CONFIG with the report's own settings and the
+        negotiated chunk size; once per HELLO, so a unit that does not follow cannot ping-pong."""
+        unit = report.unit_id
+        wanted = self.chunk_sizes.get(unit)
+        if report.chunk_size is None or wanted is None or report.chunk_size == wanted:
+            return
+        if unit in self._told:
+            return
+        self._told.add(unit)
+        fields = {k: getattr(report, k) for k in ("capture_interval_s", "frame_size",
+                  "jpeg_quality", "pir_enabled", "sleep_start_min", "sleep_end_min")}  # fmt: skip
+        config = p.Config(**fields, station_time_ms=int(self.clock() * 1000), chunk_size=wanted)
+        try:
+            self.send(config)
+        except Exception as exc:  # the next HELLO tries again
+            log.info("%s: could not send unit %s its chunk size: %s", self.link, unit, exc)
+            return
+        log.info(
+            "%s: unit %s sends %d-byte chunks; told it to use %d", self.link, unit,
+            report.chunk_size, wanted,
+        )  # fmt: skip
 
     def _begin(self, msg: p.CaptureBegin) -> None:
         key = (msg.unit_id, msg.capture_id)

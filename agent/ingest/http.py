@@ -28,7 +28,7 @@ from starlette.types import Message
 from agent import protocol as p
 from agent.capture import Capture, capture_time, classify_unit_time
 from agent.metrics import Metrics
-from agent.store import StorageFull, Store, StoreError
+from agent.store import Store, StoreError, disk_full
 
 log = logging.getLogger(__name__)
 
@@ -306,22 +306,6 @@ def _parse_json_object(raw: bytes, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise IntakeError(400, "bad_json", f"{what} must be a JSON object")
     return data
-
-
-def disk_full(exc: BaseException) -> bool:
-    """Is SQLite's "database or disk is full" anywhere in this error's chain? (A failed ROLLBACK
-    after it can be the error raised, with the disk-full error as its context.)"""
-    seen: BaseException | None = exc
-    for _ in range(8):
-        if seen is None:
-            return False
-        if isinstance(seen, StorageFull) or (
-            isinstance(seen, sqlite3.Error)
-            and getattr(seen, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-        ):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def _storage_refusal(exc: BaseException) -> IntakeError:

@@ -60,6 +60,7 @@ class MqttIngest:
         self._committer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mqtt-commit")
         self.connected = threading.Event()
         self.problem: str | None = None  # why we are not connected, while we are not
+        self.chunk_limit = p.MAX_CHUNK  # lowered when the broker announces a maximum packet size
 
     # --- paho wiring ----------------------------------------------------------------------------
 
@@ -106,6 +107,13 @@ class MqttIngest:
             self.problem = f"broker {self._broker} refused the station: {reason_code}"
             return
         self.problem = None
+        max_packet = getattr(properties, "MaximumPacketSize", None) if properties else None
+        if max_packet:
+            with self._lock:
+                self.chunk_limit = chunk_limit_for_packet(int(max_packet), len(self.prefix))
+                for asm in self._assemblers.values():
+                    asm.chunk_limit = self.chunk_limit
+            log.info("mqtt: broker takes packets up to %d bytes", max_packet)
         no_delay(client)
         topics = [(self.prefix + f"+/{kind}", 1) for kind in p.MQTT_UP_TOPICS]
         client.subscribe(topics)
@@ -185,6 +193,7 @@ class MqttIngest:
                 on_unit=(lambda u: on_unit(u, self)) if on_unit else None,
                 on_stored=self.on_stored,
                 committer=self._committer,
+                chunk_limit=self.chunk_limit,
             )
             self._assemblers[unit] = asm
         return asm
@@ -294,6 +303,14 @@ class MqttIngest:
                 self.settings.port,
                 exc,
             )
+
+
+def chunk_limit_for_packet(max_packet: int, prefix_len: int) -> int:
+    """The largest chunk a unit can PUBLISH under a broker's Maximum Packet Size (MQTT 5 CONNACK):
+    the packet less its fixed header (5), topic (2 + prefix + the longest unit id + "/capture"),
+    packet id (2), properties length (1), and the frame's header, CRC and chunk head."""
+    topic = 2 + prefix_len + 32 + len("/capture")
+    return max(1, max_packet - 5 - topic - 2 - 1 - p.OVERHEAD - p.CHUNK_HEAD_SIZE)
 
 
 def no_delay(client: mqtt.Client) -> None:

@@ -37,6 +37,20 @@ class MissingImage(Exception):
     """The variant the privacy policy allows is not in the buffer; the capture cannot go."""
 
 
+class RottedImage(MissingImage):
+    """The stored original's bytes no longer match the sha256 recorded when it was received."""
+
+
+def _sound(row: sqlite3.Row, image: bytes) -> bytes:
+    """The original, if it is still the bytes the unit sent; found here, not by the cloud."""
+    digest = hashlib.sha256(image).hexdigest()
+    if digest != row["sha256"]:
+        raise RottedImage(
+            f"image bytes rotted in the buffer: sha256 {digest}, recorded {row['sha256']}"
+        )
+    return image
+
+
 class ImageReader:
     """Image bytes for a batch's candidates, read a few captures per query, in their order."""
 
@@ -111,12 +125,16 @@ def build_item(
         image = read_image(row["id"], source)
         if image is None:
             raise MissingImage(f"capture {row['id']} has no {source} image in the buffer")
+        if source == "original":
+            image = _sound(row, image)
     elif variant == "thumbnail":
         image = read_image(row["id"], "thumbnail") if source == "original" else None
         if image is None:
             base = read_image(row["id"], source)
             if base is None:
                 raise MissingImage(f"capture {row['id']} has no {source} image in the buffer")
+            if source == "original":
+                base = _sound(row, base)
             try:
                 image = make_thumbnail(base, thumbnail_px)
             except Exception as exc:  # a JPEG Pillow cannot decode still goes, whole

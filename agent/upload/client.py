@@ -14,12 +14,14 @@ import requests
 from agent.upload.settings import EndpointConfig
 
 USER_AGENT = "wildcam-fieldstation-uploader/1"
+PROBE_READ_S = 2.0  # the connectivity probe's read timeout (at least the connect timeout)
 
 
 class EndpointError(Exception):
     """A request to a sync endpoint failed as a whole."""
 
     in_doubt = False  # the endpoint may have processed it
+    timed_out = False  # no answer within the read timeout: the endpoint may be blackholed
     retryable = True
     retry_after: float | None = None
 
@@ -88,7 +90,9 @@ class SyncEndpoint:
                 raise NotDelivered(self.name, f"cannot connect: {_short(exc)}") from exc
             raise InDoubt(self.name, f"connection lost: {_short(exc)}") from exc
         except requests.exceptions.Timeout as exc:
-            raise InDoubt(self.name, f"no answer within {self.timeout[1]} s") from exc
+            doubt = InDoubt(self.name, f"no answer within {self.timeout[1]} s")
+            doubt.timed_out = True
+            raise doubt from exc
         except requests.exceptions.RequestException as exc:
             raise InDoubt(self.name, f"request failed: {_short(exc)}") from exc
 
@@ -113,9 +117,13 @@ class SyncEndpoint:
         raise InDoubt(self.name, f"HTTP {status}: {detail}", status=status)
 
     def ping(self) -> bool:
-        """The cheap probe: GET /v1/ping, no auth."""
+        """The cheap probe: GET /v1/ping, no auth, with a short read timeout (it answers at once
+        when the endpoint is alive; a blackholed one must not hold the uploader long)."""
+        connect, read = self.timeout
         try:
-            resp = self.session.get(self.url + "/v1/ping", timeout=self.timeout)
+            resp = self.session.get(
+                self.url + "/v1/ping", timeout=(connect, min(read, max(PROBE_READ_S, connect)))
+            )
         except requests.exceptions.RequestException:
             return False
         return resp.status_code == 200
@@ -134,7 +142,7 @@ class SyncEndpoint:
         try:
             results = resp.json()["results"]
             out = [ItemResult(r["capture_id"], r["status"], r.get("reason")) for r in results]
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise InDoubt(self.name, f"unreadable batch answer: {exc}") from exc
         return out, len(resp.content)
 
@@ -147,7 +155,7 @@ class SyncEndpoint:
         try:
             held = resp.json()["held"]
             return {k: {"sha256": v["sha256"], "variant": v["variant"]} for k, v in held.items()}
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise InDoubt(self.name, f"unreadable lookup answer: {exc}") from exc
 
     def heartbeat(self, payload: dict[str, Any]) -> int:
@@ -203,5 +211,5 @@ def _short(exc: Exception) -> str:
 def _detail(resp: requests.Response) -> str:
     try:
         return str(resp.json().get("detail", ""))[:300]
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return resp.text[:300]

@@ -49,6 +49,8 @@ class EndpointChooser:
             for n in endpoints
         }
         self.online = True
+        # the gauge reads the same flag /api/status shows, so the two can never disagree
+        metrics.online.set_function(lambda: 1.0 if self.online else 0.0)
         self.offline_since: float | None = None
         self.current: str | None = None
         self.last_error: str | None = None
@@ -123,7 +125,10 @@ class EndpointChooser:
         elif exc.status in (401, 403):
             hold = self.settings.breaker_cooldown_max_s  # wrong token: probing soon is pointless
             self.refused[name] = str(exc)
-        opened = br.failure(str(exc), hold_s=hold)
+        # a request that got no answer at all: ask the cheap probe at once rather than wait for
+        # more timeouts; a dead endpoint is then given up after one read timeout and the probe
+        dead = hold is None and exc.timed_out and not self._probe(name)
+        opened = br.failure(str(exc), hold_s=hold, trip=dead)
         self.last_error = str(exc)
         self._breaker_metric(name)
         if opened and self.online:  # while offline the one "link down" line says it all
@@ -134,13 +139,17 @@ class EndpointChooser:
                 br.retry_in(),
             )
 
+    def _probe(self, name: str) -> bool:
+        ok = self.endpoints[name].ping()
+        self.metrics.requests.labels(name, "ping", "ok" if ok else "error").inc()
+        return ok
+
     def went_offline(self) -> None:
         """No endpoint may take a request: say so once, with the backlog."""
         if not self.online:
             return
         self.online = False
         self.offline_since = self.monotonic()
-        self.metrics.online.set(0)
         n, b = self.backlog()
         log.warning(
             "link down: no sync endpoint reachable (%s); backlog %d captures, %d bytes; "
@@ -151,7 +160,6 @@ class EndpointChooser:
         )
 
     def _came_online(self, via: str) -> None:
-        self.metrics.online.set(1)
         if self.online:
             return
         self.online = True

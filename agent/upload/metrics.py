@@ -45,6 +45,11 @@ class UploadMetrics:
             "1 while some sync endpoint is reachable",
             registry=registry,
         )
+        self.rotted = Counter(
+            "fieldstation_upload_rotted_images",
+            "Captures whose stored original no longer matches its sha256, found before upload",
+            registry=registry,
+        )
         self.failed = Counter(
             "fieldstation_upload_failed_captures",
             "Captures marked failed by the uploader (rejected, conflict, image missing)",

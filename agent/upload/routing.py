@@ -70,16 +70,17 @@ class CircuitBreaker:
         self.trips = 0
         self.last_error = None
 
-    def failure(self, error: str, *, hold_s: float | None = None) -> bool:
+    def failure(self, error: str, *, hold_s: float | None = None, trip: bool = False) -> bool:
         """Count a failed request; return True when this one opened the breaker.
 
-        `hold_s` (a Retry-After too long to wait in place) opens it at once for that long.
+        `hold_s` (a Retry-After too long to wait in place) opens it at once for that long;
+        `trip` (the endpoint failed its probe too) opens it at once for the usual cool-down.
         """
         self.failures += 1
         self.last_error = error
         if hold_s is not None:
             return self._open(hold_s)
-        if self.state == self.HALF_OPEN or self.failures >= self.threshold:
+        if trip or self.state == self.HALF_OPEN or self.failures >= self.threshold:
             return self._open(None)
         return False
 

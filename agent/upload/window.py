@@ -15,7 +15,14 @@ from collections.abc import Callable, Mapping, Sequence
 from agent.config import Config
 from agent.store import PENDING_STATES, Store
 from agent.upload import ledger
-from agent.upload.batch import ImageReader, Item, MissingImage, build_item, encode
+from agent.upload.batch import (
+    ImageReader,
+    Item,
+    MissingImage,
+    RottedImage,
+    build_item,
+    encode,
+)
 from agent.upload.client import EndpointError, SyncEndpoint
 from agent.upload.delivery import Batch, overhead
 from agent.upload.settings import UploadSection
@@ -41,6 +48,7 @@ class BatchWindow:
         states: Sequence[str],
         fail: FailCapture,
         monotonic: Callable[[], float] = time.monotonic,
+        rotted: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -48,6 +56,7 @@ class BatchWindow:
         self.endpoints = endpoints
         self.states = tuple(states)
         self.fail = fail
+        self.rotted = rotted  # counts captures whose original no longer matches its sha256
         self.monotonic = monotonic
         self.max_items = settings.batch_max_items  # halved after a 400/413, grows back on success
         self.budget_blocked = False  # the last batch stopped at a capture the budget cannot fit
@@ -107,6 +116,8 @@ class BatchWindow:
                     thumbnail_px=s.thumbnail_px,
                 )
             except MissingImage as exc:
+                if isinstance(exc, RottedImage):
+                    self.rotted()
                 with self.store.transaction() as conn:
                     self.fail(conn, row["id"], str(exc))
                 failed.add(row["id"])

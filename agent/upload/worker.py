@@ -67,7 +67,14 @@ class Uploader:
             self.station_id, self.endpoints, s, self.metrics, self._backlog, monotonic
         )
         self.batches = BatchWindow(
-            store, s, self.station_id, self.endpoints, self.states, self._fail_capture, monotonic
+            store,
+            s,
+            self.station_id,
+            self.endpoints,
+            self.states,
+            self._fail_capture,
+            monotonic,
+            rotted=self.metrics.rotted.inc,
         )
         self.bucket = TokenBucket(s.bandwidth_bytes_per_s, monotonic)
         self.delivery = Delivery(

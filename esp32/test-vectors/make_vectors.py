@@ -16,6 +16,11 @@ JPEG = bytes.fromhex("ffd8ffe000104a46494600010100000100010000ffd9")
 
 VECTORS: dict[str, tuple[p.Message, int]] = {
     "hello": (p.Hello("a1b2c3d4e5f6", "1.2.0", "esp32s3", "24:0a:c4:12:34:56"), 1),
+    # a unit that says how large a chunk it can send (PROTOCOL.md §3, appended field)
+    "hello-max-chunk": (
+        p.Hello("a1b2c3d4e5f6", "1.3.0", "esp32s3", "24:0a:c4:12:34:56", 1, 65000),
+        8,
+    ),
     "telemetry": (p.Telemetry("a1b2c3d4e5f6", 3712, 2150, -67, 86400, 2), 2),
     "telemetry-no-sensor": (p.Telemetry("unit-7", 3300, -32768, 0, 5, 0), 3),
     "config-report": (p.ConfigReport("unit-7", 300, 8, 12, 1, 1200, 360, 1764115200000), 4),
@@ -35,6 +40,11 @@ VECTORS: dict[str, tuple[p.Message, int]] = {
     "nak-no-capture": (p.Nak(p.NO_CAPTURE, p.NakReason.UNKNOWN_CAPTURE, ""), 103),
     "config": (p.Config(600, 10, 12, 1, 1200, 360, 1764115200000), 104),
     "config-no-quiet": (p.Config(0, 5, 63, 0), 105),
+    "config-chunk": (p.Config(600, 10, 12, 1, 1200, 360, 1764115200000, 32768), 108),
+    "config-report-chunk": (
+        p.ConfigReport("unit-7", 300, 8, 12, 1, 1200, 360, 1764115200000, 32768),
+        9,
+    ),
     "capture-now": (p.CaptureNow(7), 106),
     "sleep-now": (p.SleepNow(3600), 107),
 }

@@ -56,6 +56,52 @@ def test_crashed_worker_is_restarted_with_backoff_and_reported():
         sup.stop()
 
 
+class CrashOnCue:
+    """Runs quietly until told to crash, then runs quietly again once restarted."""
+
+    name = "on-cue"
+
+    def __init__(self) -> None:
+        self.cue = threading.Event()
+        self.runs = 0
+
+    def run(self, stop: threading.Event) -> None:
+        self.runs += 1
+        if self.runs == 1:
+            while not self.cue.wait(0.05):
+                if stop.is_set():
+                    return
+            raise RuntimeError("crashed on cue")
+        stop.wait()
+
+
+def context_switches(thread: threading.Thread) -> int:
+    """How often the kernel switched the thread out (each sleep that ends is one)."""
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    return sum(int(line.split()[1]) for line in status.splitlines() if "ctxt_switches" in line)
+
+
+def test_the_supervisor_sleeps_while_all_is_well_and_wakes_for_a_crash():
+    sup = Supervisor(Metrics(), backoff_initial_s=0.1)
+    worker = CrashOnCue()
+    sup.add(worker)
+    others = set(threading.enumerate())
+    sup.start()
+    try:
+        (monitor,) = [
+            t for t in threading.enumerate() if t.name == "supervisor" and t not in others
+        ]
+        time.sleep(0.2)
+        before = context_switches(monitor)
+        time.sleep(1.5)  # a poll every 0.5 s would wake it three times here
+        assert context_switches(monitor) - before <= 1
+        worker.cue.set()  # a crash long after the start: the monitor wakes for it
+        wait_for(lambda: worker.runs == 2 and sup.healthy(), timeout=5, what="the restart")
+        assert sup.status()[0]["restarts"] == 1
+    finally:
+        sup.stop()
+
+
 def _start_daemon(tmp_path: Path, extra: str = "", env_extra: dict | None = None):
     port = free_port()
     cfg = tmp_path / "station.toml"

@@ -57,11 +57,14 @@ def test_config_data_dir_wins_over_state_directory(buffer_dir: Path, monkeypatch
     assert "from station.data_dir)" in out
 
 
-def test_no_buffer_anywhere_names_the_folder_it_tried(buffer_dir: Path, monkeypatch) -> None:
+def test_no_buffer_anywhere_names_the_folder_it_tried(
+    buffer_dir: Path, monkeypatch, capsys
+) -> None:
     monkeypatch.setattr(agent.install, "DATA_DIR", str(buffer_dir.parent / "absent"))
     with pytest.raises(SystemExit) as exc:
         main(["queue", *no_config(buffer_dir.parent)])
-    assert "from the default ./fieldstation-data" in str(exc.value)
+    assert exc.value.code == 2  # the buffer cannot be read, as `status --help` says
+    assert "from the default ./fieldstation-data" in capsys.readouterr().err
 
 
 def test_upload_status_finds_the_systemd_station_buffer_like_status(

@@ -1,10 +1,11 @@
-"""The daemon works under the station unit's SystemCallFilter=.
+"""The daemon and the cloud service work under their units' SystemCallFilter=.
 
 No systemd runs here (PID 1 is not systemd, so no `systemd-run`), so the test builds the same
 seccomp filter systemd would: the unit's SystemCallFilter= lines expanded with systemd-analyze's
 own syscall groups, refused calls failing with EPERM (SystemCallErrorNumber=EPERM), loaded through
 libseccomp (the library systemd uses) before the daemon starts. The daemon then takes a capture over
-HTTP, analyses it with LiteRT and the default privacy finder (OpenCV), and stops cleanly.
+HTTP, analyses it with LiteRT and the default privacy finder (OpenCV), and stops cleanly; the
+cloud service creates its schema, answers /readyz and stops cleanly.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tests.helpers import free_port, jpeg, wait_for
 
 ROOT = Path(__file__).parents[2]
 UNIT = ROOT / "systemd" / "fieldstation.service"
+CLOUD_UNIT = ROOT / "systemd" / "fieldstation-cloud.service"
 
 SECCOMP_RUN = """
 import ctypes, os, sys
@@ -44,6 +46,9 @@ try:
     print("the filter did not refuse chown"); sys.exit(4)
 except PermissionError:
     pass
+if sys.argv[3] == "cloud":
+    from cloud.cli import main
+    sys.exit(main(["--config", sys.argv[1], "serve"]))
 from agent.cli import main
 sys.exit(main(["run", "--config", sys.argv[1]]))
 """
@@ -75,11 +80,11 @@ def expand(names: list[str], groups: dict[str, list[str]]) -> set[str]:
     return out
 
 
-def unit_allowed_syscalls() -> set[str]:
+def unit_allowed_syscalls(unit: Path = UNIT) -> set[str]:
     """The allow list systemd builds from the unit's SystemCallFilter= lines, in order."""
     groups = syscall_groups()
     allowed: set[str] = set()
-    for line in UNIT.read_text().splitlines():
+    for line in unit.read_text().splitlines():
         if not line.startswith("SystemCallFilter="):
             continue
         value = line.split("=", 1)[1]
@@ -90,8 +95,9 @@ def unit_allowed_syscalls() -> set[str]:
     return allowed
 
 
-def test_the_unit_filter_is_an_allow_list_without_privileged_calls() -> None:
-    allowed = unit_allowed_syscalls()
+@pytest.mark.parametrize("unit", [UNIT, CLOUD_UNIT], ids=lambda u: u.name)
+def test_the_unit_filter_is_an_allow_list_without_privileged_calls(unit: Path) -> None:
+    allowed = unit_allowed_syscalls(unit)
     assert {"read", "write", "fdatasync", "socket", "mmap"} <= allowed
     assert not {"chown", "setuid", "mount", "reboot", "setpriority"} & allowed
 
@@ -106,7 +112,7 @@ def test_the_daemon_takes_and_analyses_a_capture_under_the_unit_filter(tmp_path:
     )
     allowed = ",".join(sorted(unit_allowed_syscalls()))
     daemon = subprocess.Popen(
-        [sys.executable, "-c", SECCOMP_RUN, str(config), allowed],
+        [sys.executable, "-c", SECCOMP_RUN, str(config), allowed, "station"],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE,
@@ -141,5 +147,39 @@ def test_the_daemon_takes_and_analyses_a_capture_under_the_unit_filter(tmp_path:
         daemon.terminate()
         code = daemon.wait(30)
     output = daemon.stdout.read().decode() if daemon.stdout else ""
+    assert code == 0, output
+    assert "Traceback" not in output, output
+
+
+def test_the_cloud_service_opens_its_database_and_store_under_its_unit_filter(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    config = tmp_path / "cloud.toml"
+    config.write_text(f'[server]\nlisten = "127.0.0.1:{port}"\ndata_dir = "{tmp_path / "data"}"\n')
+    allowed = ",".join(sorted(unit_allowed_syscalls(CLOUD_UNIT)))
+    service = subprocess.Popen(
+        [sys.executable, "-c", SECCOMP_RUN, str(config), allowed, "cloud"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+
+        def ready() -> bool:
+            if service.poll() is not None:
+                raise AssertionError(service.stdout.read().decode() if service.stdout else "")
+            try:
+                # /readyz: the schema was created, the database and the object store answer
+                return requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_for(ready, 60, "the cloud service ready under its unit's syscall filter")
+    finally:
+        service.terminate()
+        code = service.wait(30)
+    output = service.stdout.read().decode() if service.stdout else ""
     assert code == 0, output
     assert "Traceback" not in output, output

@@ -20,6 +20,9 @@ extern "C" {
 #define WC_NO_CAPTURE 0xFFFFFFFFu
 #define WC_NO_QUIET 0xFFFFu
 #define WC_UNIT_ID_MAX 32u
+#define WC_CHUNK_HEAD 6u                                 /* CAPTURE_CHUNK: capture_id, index */
+#define WC_MAX_CHUNK (WC_MAX_PAYLOAD - WC_CHUNK_HEAD)    /* 65529: the most one frame carries */
+#define WC_LEGACY_MAX_CHUNK 16384u /* what a HELLO without max_chunk means (PROTOCOL.md §3) */
 
 typedef enum {
     WC_OK = 0,
@@ -72,6 +75,7 @@ typedef struct {
     wc_str_t unit_id, firmware_version, chip;
     uint8_t mac[6];
     uint8_t protocol_version;
+    uint16_t max_chunk; /* optional, appended: largest chunk the unit can send; 0 = absent */
 } wc_hello_t;
 
 typedef struct {
@@ -92,6 +96,8 @@ typedef struct {
     uint16_t sleep_start_min;
     uint16_t sleep_end_min;
     uint64_t station_time_ms;
+    uint16_t chunk_size; /* optional, appended: CONFIG the chunk to use, CONFIG_REPORT the one in
+                          * use; 0 = absent (CONFIG: keep the unit's own) */
 } wc_config_fields_t;
 
 typedef struct {
@@ -160,6 +166,10 @@ int wc_str_set(wc_str_t *dst, const char *src);
 int wc_encode_payload(const wc_msg_t *msg, uint8_t *out, size_t cap, size_t *out_len);
 /* Encode msg as one whole frame (header, payload, CRC). */
 int wc_encode_frame(const wc_msg_t *msg, uint16_t seq, uint8_t *out, size_t cap, size_t *out_len);
+/* Finish a CAPTURE_CHUNK frame in place: its data_len bytes are already at
+ * frame + WC_HEADER_SIZE + WC_CHUNK_HEAD (read there from storage, so no second chunk-sized buffer). */
+int wc_encode_chunk_frame(uint8_t *frame, size_t cap, uint16_t seq, uint32_t capture_id,
+                          uint16_t index, size_t data_len, size_t *out_len);
 /* Decode a payload of the given type, with the same range checks as agent/protocol.py. */
 int wc_decode_payload(uint8_t type, const uint8_t *p, size_t len, wc_msg_t *out);
 /* Decode exactly one frame (one MQTT message). */

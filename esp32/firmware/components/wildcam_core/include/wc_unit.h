@@ -14,7 +14,8 @@ extern "C" {
 #endif
 
 #define WC_UNIT_RX_MAX_PAYLOAD 512u /* the station only sends small frames to units */
-#define WC_UNIT_TX_CAP (WC_OVERHEAD + 6u + 16384u)
+/* the built-in frame buffer: chunks up to 16 KiB; wc_unit_set_chunk_buffer gives room for more */
+#define WC_UNIT_TX_CAP (WC_OVERHEAD + WC_CHUNK_HEAD + WC_LEGACY_MAX_CHUNK)
 
 typedef enum { WC_TOPIC_HELLO = 0, WC_TOPIC_TELEMETRY = 1, WC_TOPIC_CAPTURE = 2 } wc_topic_t;
 typedef enum { WC_WAKE_POWER_ON = 0, WC_WAKE_TIMER = 1, WC_WAKE_PIR = 2 } wc_wake_t;
@@ -80,12 +81,20 @@ typedef struct {
     wc_stream_t rx;
     uint8_t rx_buf[WC_UNIT_RX_MAX_PAYLOAD + WC_OVERHEAD];
     uint8_t tx[WC_UNIT_TX_CAP];
-    uint8_t scratch[16384]; /* one chunk of the stored JPEG, also used to compute its CRC */
+    uint8_t *chunk_buf; /* chunk frames are built here in place: tx, or the caller's larger one */
+    size_t chunk_cap;
+    uint16_t max_chunk; /* what HELLO advertises: the largest chunk chunk_buf holds */
 } wc_unit_t;
 
 /* Load the configuration through hal->kv; WC_ERR_FIELD when the unit has no valid unit_id. */
 int wc_unit_init(wc_unit_t *u, const wc_hal_t *hal, void *ctx, const char *firmware_version,
                  const char *chip, const uint8_t mac[6]);
+/* Build chunk frames in buf (e.g. PSRAM, sized from the free heap) instead of the built-in 16 KiB
+ * buffer; the unit then advertises the larger max_chunk in HELLO. Call before wc_unit_wake. */
+void wc_unit_set_chunk_buffer(wc_unit_t *u, uint8_t *buf, size_t cap);
+/* The chunk size captures go out with: the negotiated (or configured) one, within max_chunk. */
+uint16_t wc_unit_chunk_size(const wc_unit_t *u);
+uint16_t wc_unit_max_chunk(const wc_unit_t *u);
 /* After boot or deep-sleep wake: announce (HELLO, CONFIG_REPORT, TELEMETRY), capture when the wake
  * asks for it and the quiet period allows, then send whatever is pending. */
 void wc_unit_wake(wc_unit_t *u, uint8_t wake);

@@ -70,7 +70,7 @@ int wc_config_load(wc_config_t *c, const wc_kv_t *kv, void *ctx, int *bad) {
     LOAD("quiet_start", WC_KV_U16, sleep_start_min, uint16_t, minute_ok(v))
     LOAD("quiet_end", WC_KV_U16, sleep_end_min, uint16_t, minute_ok(v))
     LOAD("tz_offset_min", WC_KV_I16, tz_offset_min, int16_t, ((int32_t)v >= -840 && (int32_t)v <= 840))
-    LOAD("chunk_size", WC_KV_U16, chunk_size, uint16_t, (v >= 1 && v <= 16384))
+    LOAD("chunk_size", WC_KV_U16, chunk_size, uint16_t, (v >= 1 && v <= WC_MAX_CHUNK))
     LOAD("ack_timeout_ms", WC_KV_U32, ack_timeout_ms, uint32_t, (v >= 100))
     LOAD("max_attempts", WC_KV_U8, max_attempts, uint8_t, (v >= 1))
     LOAD("linger_ms", WC_KV_U32, linger_ms, uint32_t, 1)
@@ -81,7 +81,7 @@ int wc_config_load(wc_config_t *c, const wc_kv_t *kv, void *ctx, int *bad) {
 
 int wc_config_fields_valid(const wc_config_fields_t *f) {
     return f->jpeg_quality <= 63 && f->pir_enabled <= 1 && minute_ok(f->sleep_start_min) &&
-           minute_ok(f->sleep_end_min);
+           minute_ok(f->sleep_end_min) && f->chunk_size <= WC_MAX_CHUNK;
 }
 
 int wc_config_apply(wc_config_t *c, const wc_config_fields_t *f, const wc_kv_t *kv, void *ctx) {
@@ -100,6 +100,10 @@ int wc_config_apply(wc_config_t *c, const wc_config_fields_t *f, const wc_kv_t *
     rc |= kv->set_num(ctx, "pir_enabled", WC_KV_U8, c->pir_enabled);
     rc |= kv->set_num(ctx, "quiet_start", WC_KV_U16, c->sleep_start_min);
     rc |= kv->set_num(ctx, "quiet_end", WC_KV_U16, c->sleep_end_min);
+    if (f->chunk_size) { /* negotiated by the station: kept, so the next wake starts with it */
+        c->chunk_size = f->chunk_size;
+        rc |= kv->set_num(ctx, "chunk_size", WC_KV_U16, c->chunk_size);
+    }
     return rc ? WC_ERR_NOSPACE : WC_OK;
 }
 
@@ -111,6 +115,7 @@ void wc_config_fields(const wc_config_t *c, wc_config_fields_t *out, uint64_t st
     out->sleep_start_min = c->sleep_start_min;
     out->sleep_end_min = c->sleep_end_min;
     out->station_time_ms = station_time_ms;
+    out->chunk_size = c->chunk_size;
 }
 
 int wc_in_quiet(const wc_config_t *c, uint16_t m) {

@@ -134,6 +134,7 @@ static void w_config(writer_t *w, const wc_config_fields_t *c) {
     w_u16(w, c->sleep_start_min);
     w_u16(w, c->sleep_end_min);
     w_u64(w, c->station_time_ms);
+    if (c->chunk_size) w_u16(w, c->chunk_size); /* optional: absent when 0 */
 }
 
 int wc_encode_payload(const wc_msg_t *m, uint8_t *out, size_t cap, size_t *out_len) {
@@ -145,6 +146,7 @@ int wc_encode_payload(const wc_msg_t *m, uint8_t *out, size_t cap, size_t *out_l
         w_str(&w, &m->u.hello.chip);
         w_bytes(&w, m->u.hello.mac, 6);
         w_u8(&w, m->u.hello.protocol_version);
+        if (m->u.hello.max_chunk) w_u16(&w, m->u.hello.max_chunk); /* optional: absent when 0 */
         break;
     case WC_TELEMETRY:
         w_unit_id(&w, &m->u.telemetry.unit_id);
@@ -217,6 +219,24 @@ int wc_encode_frame(const wc_msg_t *m, uint16_t seq, uint8_t *out, size_t cap, s
     return WC_OK;
 }
 
+int wc_encode_chunk_frame(uint8_t *frame, size_t cap, uint16_t seq, uint32_t capture_id,
+                          uint16_t index, size_t data_len, size_t *out_len) {
+    size_t plen = WC_CHUNK_HEAD + data_len;
+    if (data_len == 0 || plen > WC_MAX_PAYLOAD) return WC_ERR_FIELD;
+    if (cap < WC_OVERHEAD + plen) return WC_ERR_NOSPACE;
+    frame[0] = WC_SYNC0;
+    frame[1] = WC_SYNC1;
+    frame[2] = WC_VERSION;
+    frame[3] = WC_CAPTURE_CHUNK;
+    put16(frame + 4, seq);
+    put16(frame + 6, (uint16_t)plen);
+    put32(frame + WC_HEADER_SIZE, capture_id);
+    put16(frame + WC_HEADER_SIZE + 4, index);
+    put32(frame + WC_HEADER_SIZE + plen, wc_crc32(0, frame + 2, WC_HEADER_SIZE - 2 + plen));
+    *out_len = WC_OVERHEAD + plen;
+    return WC_OK;
+}
+
 /* ---- payload reader ---- */
 typedef struct {
     const uint8_t *p;
@@ -263,6 +283,10 @@ static void r_config(reader_t *r, wc_config_fields_t *c) {
     c->sleep_start_min = r_u16(r);
     c->sleep_end_min = r_u16(r);
     c->station_time_ms = r_u64(r);
+    if (!r->err && r->pos < r->len) { /* optional, appended: older senders end here */
+        c->chunk_size = r_u16(r);
+        if (!r->err && (c->chunk_size == 0 || c->chunk_size > WC_MAX_CHUNK)) r->err = WC_ERR_FIELD;
+    }
     if (r->err) return;
     if (c->jpeg_quality > 63 || c->pir_enabled > 1) r->err = WC_ERR_FIELD;
     if ((c->sleep_start_min != WC_NO_QUIET && c->sleep_start_min >= 1440) ||
@@ -283,6 +307,10 @@ int wc_decode_payload(uint8_t type, const uint8_t *p, size_t len, wc_msg_t *m) {
         const uint8_t *mac = r_take(&r, 6);
         if (mac) memcpy(m->u.hello.mac, mac, 6);
         m->u.hello.protocol_version = r_u8(&r);
+        if (!r.err && r.pos < r.len) { /* optional, appended: older units end here */
+            m->u.hello.max_chunk = r_u16(&r);
+            if (!r.err && m->u.hello.max_chunk == 0) r.err = WC_ERR_FIELD;
+        }
         break;
     }
     case WC_TELEMETRY:

@@ -45,6 +45,7 @@ int wc_unit_init(wc_unit_t *u, const wc_hal_t *hal, void *ctx, const char *fw, c
     snprintf(u->chip, sizeof(u->chip), "%s", chip);
     memcpy(u->mac, mac, 6);
     wc_stream_init(&u->rx, u->rx_buf, sizeof(u->rx_buf), WC_UNIT_RX_MAX_PAYLOAD);
+    wc_unit_set_chunk_buffer(u, u->tx, sizeof(u->tx));
     wc_config_defaults(&u->cfg);
     int bad = 0;
     int rc = wc_config_load(&u->cfg, &hal->kv, ctx, &bad);
@@ -55,6 +56,27 @@ int wc_unit_init(wc_unit_t *u, const wc_hal_t *hal, void *ctx, const char *fw, c
     return rc;
 }
 
+void wc_unit_set_chunk_buffer(wc_unit_t *u, uint8_t *buf, size_t cap) {
+    if (!buf || cap < WC_OVERHEAD + WC_CHUNK_HEAD + 1u) {
+        buf = u->tx;
+        cap = sizeof(u->tx);
+    }
+    size_t room = cap - WC_OVERHEAD - WC_CHUNK_HEAD;
+    u->chunk_buf = buf;
+    u->chunk_cap = cap;
+    u->max_chunk = (uint16_t)(room < WC_MAX_CHUNK ? room : WC_MAX_CHUNK);
+}
+
+uint16_t wc_unit_max_chunk(const wc_unit_t *u) { return u->max_chunk; }
+
+uint16_t wc_unit_chunk_size(const wc_unit_t *u) {
+    /* a CONFIG may ask for more than this boot's buffer holds (a retained one, a smaller heap) */
+    return u->cfg.chunk_size < u->max_chunk ? u->cfg.chunk_size : u->max_chunk;
+}
+
+/* Where chunk data is read to: right behind the frame header in chunk_buf. */
+static uint8_t *chunk_data(wc_unit_t *u) { return u->chunk_buf + WC_HEADER_SIZE + WC_CHUNK_HEAD; }
+
 void wc_unit_send_hello(wc_unit_t *u) {
     wc_msg_t m;
     memset(&m, 0, sizeof(m));
@@ -64,6 +86,7 @@ void wc_unit_send_hello(wc_unit_t *u) {
     wc_str_set(&m.u.hello.chip, u->chip);
     memcpy(m.u.hello.mac, u->mac, 6);
     m.u.hello.protocol_version = WC_VERSION;
+    m.u.hello.max_chunk = u->max_chunk;
     send_msg(u, WC_TOPIC_HELLO, &m);
 }
 
@@ -75,6 +98,7 @@ void wc_unit_send_config_report(wc_unit_t *u) {
     wc_str_set(&m.u.config_report.unit_id, u->cfg.unit_id);
     if (u->hal->epoch_ms(u->ctx, &epoch) != 0) epoch = 0;
     wc_config_fields(&u->cfg, &m.u.config_report.config, epoch);
+    m.u.config_report.config.chunk_size = wc_unit_chunk_size(u); /* the one actually in use */
     send_msg(u, WC_TOPIC_HELLO, &m);
 }
 
@@ -132,26 +156,26 @@ static void send_current(wc_unit_t *u) {
     m.u.begin.capture_id = u->cur.capture_id;
     m.u.begin.total_size = u->cur.size;
     m.u.begin.image_crc32 = u->cur_crc;
-    m.u.begin.chunk_size = u->cfg.chunk_size;
+    uint16_t chunk = wc_unit_chunk_size(u);
+    m.u.begin.chunk_size = chunk;
     m.u.begin.unit_time = u->cur.unit_time;
     m.u.begin.time_kind = u->cur.time_kind;
     m.u.begin.trigger = u->cur.trigger;
     int rc = send_msg(u, WC_TOPIC_CAPTURE, &m);
-    uint32_t n = wc_chunk_count(u->cur.size, u->cfg.chunk_size);
+    uint32_t n = wc_chunk_count(u->cur.size, chunk);
     for (uint32_t i = 0; rc == 0 && i < n; i++) {
         uint32_t off, len;
-        wc_chunk_range(u->cur.size, u->cfg.chunk_size, i, &off, &len);
-        if (u->hal->stored_read(u->ctx, u->cur.capture_id, off, u->scratch, len) != 0) {
+        size_t frame_len = 0;
+        wc_chunk_range(u->cur.size, chunk, i, &off, &len);
+        if (u->hal->stored_read(u->ctx, u->cur.capture_id, off, chunk_data(u), len) != 0) {
             rc = -1;
             break;
         }
-        memset(&m, 0, sizeof(m));
-        m.type = WC_CAPTURE_CHUNK;
-        m.u.chunk.capture_id = u->cur.capture_id;
-        m.u.chunk.index = (uint16_t)i;
-        m.u.chunk.data = u->scratch;
-        m.u.chunk.data_len = (uint16_t)len;
-        rc = send_msg(u, WC_TOPIC_CAPTURE, &m);
+        rc = wc_encode_chunk_frame(u->chunk_buf, u->chunk_cap, u->seq, u->cur.capture_id,
+                                   (uint16_t)i, len, &frame_len);
+        if (rc != WC_OK) break;
+        u->seq = (uint16_t)(u->seq + 1u);
+        rc = u->hal->send(u->ctx, WC_TOPIC_CAPTURE, u->chunk_buf, frame_len);
     }
     if (rc != 0) logf_(u, WC_LOG_WARN, "send of capture %lu broke off (%d)", UL(u->cur.capture_id), rc);
     else u->stats.sent++;
@@ -171,25 +195,26 @@ static int start_next(wc_unit_t *u) {
         u->hal->stored_delete(u->ctx, id);
         u->stats.dropped++;
     }
-    if (wc_chunk_count(u->cur.size, u->cfg.chunk_size) > 65536u) {
+    if (wc_chunk_count(u->cur.size, wc_unit_chunk_size(u)) > 65536u) {
         /* chunk indexes are 16 bits: such a capture cannot be sent at this chunk size */
         logf_(u, WC_LOG_ERROR, "capture %lu needs more than 65536 chunks of %u bytes, dropped",
-              UL(u->cur.capture_id), (unsigned)u->cfg.chunk_size);
+              UL(u->cur.capture_id), (unsigned)wc_unit_chunk_size(u));
         u->hal->stored_delete(u->ctx, u->cur.capture_id);
         u->stats.dropped++;
         return start_next(u);
     }
     /* CRC over the stored bytes, read in pieces so no second full-size buffer is needed */
     uint32_t crc = 0;
-    for (uint32_t off = 0; off < u->cur.size; off += sizeof(u->scratch)) {
+    uint32_t piece = u->max_chunk;
+    for (uint32_t off = 0; off < u->cur.size; off += piece) {
         uint32_t left = u->cur.size - off;
-        uint32_t n = left < sizeof(u->scratch) ? left : (uint32_t)sizeof(u->scratch);
-        if (u->hal->stored_read(u->ctx, u->cur.capture_id, off, u->scratch, n) != 0) {
+        uint32_t n = left < piece ? left : piece;
+        if (u->hal->stored_read(u->ctx, u->cur.capture_id, off, chunk_data(u), n) != 0) {
             u->hal->stored_delete(u->ctx, u->cur.capture_id);
             u->stats.dropped++;
             return start_next(u);
         }
-        crc = wc_crc32(crc, u->scratch, n);
+        crc = wc_crc32(crc, chunk_data(u), n);
     }
     u->cur_crc = crc;
     u->attempts = 0;

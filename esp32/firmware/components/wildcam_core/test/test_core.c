@@ -85,6 +85,7 @@ static void config_from_json(const mj_doc_t *d, const char *p, wc_config_fields_
     c->sleep_start_min = (uint16_t)jn(d, p, "sleep_start_min");
     c->sleep_end_min = (uint16_t)jn(d, p, "sleep_end_min");
     c->station_time_ms = (uint64_t)jn(d, p, "station_time_ms");
+    c->chunk_size = js(d, p, "chunk_size") ? (uint16_t)jn(d, p, "chunk_size") : 0; /* optional */
 }
 
 static uint8_t g_chunk_data[4096];
@@ -102,6 +103,7 @@ static int msg_from_json(const mj_doc_t *d, const char *p, int type, wc_msg_t *m
         if (sscanf(js(d, p, "mac"), "%x:%x:%x:%x:%x:%x", &mac[0], &mac[1], &mac[2], &mac[3], &mac[4], &mac[5]) != 6) return -1;
         for (int i = 0; i < 6; i++) m->u.hello.mac[i] = (uint8_t)mac[i];
         m->u.hello.protocol_version = (uint8_t)jn(d, p, "protocol_version");
+        m->u.hello.max_chunk = js(d, p, "max_chunk") ? (uint16_t)jn(d, p, "max_chunk") : 0; /* optional */
         return 0;
     }
     case WC_TELEMETRY:
@@ -159,7 +161,7 @@ static int cfg_eq(const wc_config_fields_t *a, const wc_config_fields_t *b) {
     return a->capture_interval_s == b->capture_interval_s && a->frame_size == b->frame_size &&
            a->jpeg_quality == b->jpeg_quality && a->pir_enabled == b->pir_enabled &&
            a->sleep_start_min == b->sleep_start_min && a->sleep_end_min == b->sleep_end_min &&
-           a->station_time_ms == b->station_time_ms;
+           a->station_time_ms == b->station_time_ms && a->chunk_size == b->chunk_size;
 }
 
 /* Field-by-field equality of two decoded messages. */
@@ -169,7 +171,7 @@ static int msg_eq(const wc_msg_t *a, const wc_msg_t *b) {
     case WC_HELLO:
         return str_eq(&a->u.hello.unit_id, &b->u.hello.unit_id) && str_eq(&a->u.hello.firmware_version, &b->u.hello.firmware_version) &&
                str_eq(&a->u.hello.chip, &b->u.hello.chip) && memcmp(a->u.hello.mac, b->u.hello.mac, 6) == 0 &&
-               a->u.hello.protocol_version == b->u.hello.protocol_version;
+               a->u.hello.protocol_version == b->u.hello.protocol_version && a->u.hello.max_chunk == b->u.hello.max_chunk;
     case WC_TELEMETRY:
         return str_eq(&a->u.telemetry.unit_id, &b->u.telemetry.unit_id) && a->u.telemetry.battery_mv == b->u.telemetry.battery_mv &&
                a->u.telemetry.temperature_cc == b->u.telemetry.temperature_cc && a->u.telemetry.rssi_dbm == b->u.telemetry.rssi_dbm &&
@@ -293,7 +295,7 @@ static void test_vectors(void) {
     }
     closedir(dir);
     printf("    %d vector files checked\n", g_vector_files);
-    CHECK(g_vector_files >= 17);
+    CHECK(g_vector_files >= 20);
 }
 
 /* ---------- protocol unit tests ---------- */
@@ -449,6 +451,7 @@ typedef struct {
     /* outbox */
     uint8_t sent_types[256];
     int nsent;
+    uint16_t hello_max_chunk, begin_chunk, report_chunk; /* from the last HELLO, BEGIN, REPORT */
     int fail_send;
     int fail_capture;
 } fake_t;
@@ -477,6 +480,11 @@ static int f_send(void *c, uint8_t topic, const uint8_t *fr, size_t n) {
     if (wc_decode_frame(fr, n, WC_MAX_PAYLOAD, &d) != WC_OK) return -100; /* unit sent garbage */
     if (f->fail_send) return -1;
     if (f->nsent < 256) f->sent_types[f->nsent++] = d.type;
+    wc_msg_t m;
+    if (wc_decode_payload(d.type, d.payload, d.length, &m) != WC_OK) return -101;
+    if (d.type == WC_HELLO) f->hello_max_chunk = m.u.hello.max_chunk;
+    if (d.type == WC_CAPTURE_BEGIN) f->begin_chunk = m.u.begin.chunk_size;
+    if (d.type == WC_CONFIG_REPORT) f->report_chunk = m.u.config_report.config.chunk_size;
     return 0;
 }
 static const uint8_t JPEG[] = {0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 0xFF, 0xD9};
@@ -728,6 +736,108 @@ static void test_sleep_now_and_garbage_input(void) {
     CHECK(a.kind == WC_ACT_SLEEP && a.sleep_s == 42);
 }
 
+static void test_optional_fields_absent_present_and_bad(void) {
+    wc_msg_t m;
+    uint8_t buf[128];
+    size_t n;
+    /* a HELLO from an older unit ends at protocol_version: max_chunk 0 = absent */
+    const uint8_t old_hello[] = {1, 'u', 0, 0, 1, 2, 3, 4, 5, 6, 1};
+    CHECK(wc_decode_payload(WC_HELLO, old_hello, sizeof(old_hello), &m) == WC_OK && m.u.hello.max_chunk == 0);
+    const uint8_t new_hello[] = {1, 'u', 0, 0, 1, 2, 3, 4, 5, 6, 1, 0xE8, 0xFD};
+    CHECK(wc_decode_payload(WC_HELLO, new_hello, sizeof(new_hello), &m) == WC_OK && m.u.hello.max_chunk == 65000);
+    const uint8_t zero_hello[] = {1, 'u', 0, 0, 1, 2, 3, 4, 5, 6, 1, 0, 0};
+    CHECK(wc_decode_payload(WC_HELLO, zero_hello, sizeof(zero_hello), &m) == WC_ERR_FIELD);
+    CHECK(wc_decode_payload(WC_HELLO, new_hello, sizeof(new_hello) - 1, &m) == WC_ERR_SHORT);
+    /* CONFIG: chunk_size absent keeps 0, present 1 … 65529, 0 or more is refused */
+    uint8_t cfg[21] = {60, 0, 0, 0, 5, 12, 1, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    CHECK(wc_decode_payload(WC_CONFIG, cfg, 19, &m) == WC_OK && m.u.config.chunk_size == 0);
+    cfg[19] = 0x79; cfg[20] = 0xFF; /* 65401 */
+    CHECK(wc_decode_payload(WC_CONFIG, cfg, 21, &m) == WC_OK && m.u.config.chunk_size == 65401);
+    cfg[19] = 0xFA; /* 65530: more than a frame can carry */
+    CHECK(wc_decode_payload(WC_CONFIG, cfg, 21, &m) == WC_ERR_FIELD);
+    cfg[19] = 0; cfg[20] = 0;
+    CHECK(wc_decode_payload(WC_CONFIG, cfg, 21, &m) == WC_ERR_FIELD);
+    /* encoding omits a 0 (absent) optional field: the payload is the older one, byte for byte */
+    memset(&m, 0, sizeof(m));
+    m.type = WC_CONFIG;
+    m.u.config.capture_interval_s = 60;
+    CHECK(wc_encode_payload(&m, buf, sizeof(buf), &n) == WC_OK && n == 19);
+    m.u.config.chunk_size = 32768;
+    CHECK(wc_encode_payload(&m, buf, sizeof(buf), &n) == WC_OK && n == 21 && buf[19] == 0 && buf[20] == 0x80);
+}
+
+static void test_chunk_frame_in_place_equals_encoder(void) {
+    static uint8_t a[WC_OVERHEAD + WC_CHUNK_HEAD + 300], b[sizeof(a)];
+    uint8_t data[300];
+    size_t na = 0, nb = 0;
+    for (size_t i = 0; i < sizeof(data); i++) data[i] = (uint8_t)(i * 7u);
+    wc_msg_t m = {.type = WC_CAPTURE_CHUNK};
+    m.u.chunk.capture_id = 77;
+    m.u.chunk.index = 3;
+    m.u.chunk.data = data;
+    m.u.chunk.data_len = sizeof(data);
+    CHECK(wc_encode_frame(&m, 500, a, sizeof(a), &na) == WC_OK);
+    memcpy(b + WC_HEADER_SIZE + WC_CHUNK_HEAD, data, sizeof(data));
+    CHECK(wc_encode_chunk_frame(b, sizeof(b), 500, 77, 3, sizeof(data), &nb) == WC_OK);
+    CHECK(na == nb && memcmp(a, b, na) == 0);
+    CHECK(wc_encode_chunk_frame(b, sizeof(b) - 1, 500, 77, 3, sizeof(data), &nb) == WC_ERR_NOSPACE);
+    CHECK(wc_encode_chunk_frame(b, sizeof(b), 500, 77, 3, 0, &nb) == WC_ERR_FIELD);
+}
+
+static void test_hello_advertises_max_chunk_and_config_sets_chunk(void) {
+    wc_unit_t *u = fresh_unit();
+    if (!u) { CHECK(0); return; }
+    wc_unit_wake(u, WC_WAKE_POWER_ON);
+    CHECK(g_fake.hello_max_chunk == WC_LEGACY_MAX_CHUNK && g_fake.report_chunk == 64);
+    /* the station negotiates 8 bytes: the 22-byte JPEG goes out in 3 chunks, and it is kept */
+    wc_msg_t m = {.type = WC_CONFIG};
+    m.u.config.capture_interval_s = 300;
+    m.u.config.frame_size = 8;
+    m.u.config.jpeg_quality = 12;
+    m.u.config.pir_enabled = 1;
+    m.u.config.sleep_start_min = m.u.config.sleep_end_min = WC_NO_QUIET;
+    m.u.config.chunk_size = 8;
+    feed_msg(u, &m);
+    CHECK(wc_unit_chunk_size(u) == 8 && g_fake.report_chunk == 8);
+    CHECK(g_fake.nums[key_index("chunk_size")] == 8);
+    g_fake.nsent = 0;
+    CHECK(wc_unit_capture(u, WC_TRIGGER_MANUAL) == 0);
+    wc_action_t a;
+    wc_unit_poll(u, &a);
+    CHECK(g_fake.begin_chunk == 8 && count_sent(WC_CAPTURE_CHUNK) == 3);
+    /* a CONFIG without chunk_size (an older station) leaves it alone */
+    m.u.config.chunk_size = 0;
+    feed_msg(u, &m);
+    CHECK(wc_unit_chunk_size(u) == 8);
+    /* the next wake (a reboot on the ESP32) starts with the negotiated size */
+    wc_unit_init(&g_unit, &FAKE_HAL, &g_fake, "1.0.0", "esp32", MAC);
+    CHECK(wc_unit_chunk_size(&g_unit) == 8);
+}
+
+static void test_larger_buffer_raises_max_chunk_and_caps_config(void) {
+    static uint8_t big[40000];
+    wc_unit_t *u = fresh_unit();
+    if (!u) { CHECK(0); return; }
+    wc_unit_set_chunk_buffer(u, big, sizeof(big));
+    CHECK(wc_unit_max_chunk(u) == sizeof(big) - WC_OVERHEAD - WC_CHUNK_HEAD);
+    wc_unit_send_hello(u);
+    CHECK(g_fake.hello_max_chunk == sizeof(big) - WC_OVERHEAD - WC_CHUNK_HEAD);
+    wc_msg_t m = {.type = WC_CONFIG};
+    m.u.config.sleep_start_min = m.u.config.sleep_end_min = WC_NO_QUIET;
+    m.u.config.chunk_size = 60000; /* e.g. a retained CONFIG from a boot with more heap */
+    feed_msg(u, &m);
+    CHECK(wc_unit_chunk_size(u) == wc_unit_max_chunk(u) && g_fake.report_chunk == wc_unit_max_chunk(u));
+    CHECK(wc_unit_capture(u, WC_TRIGGER_MANUAL) == 0);
+    wc_action_t a;
+    wc_unit_poll(u, &a);
+    CHECK(g_fake.begin_chunk == wc_unit_max_chunk(u) && count_sent(WC_CAPTURE_CHUNK) == 1);
+    ack(u, 0);
+    CHECK(f_count(&g_fake) == 0);
+    /* no buffer, or one too small for a chunk: back to the built-in one */
+    wc_unit_set_chunk_buffer(u, NULL, 0);
+    CHECK(wc_unit_max_chunk(u) == WC_LEGACY_MAX_CHUNK);
+}
+
 static void test_stored_config_out_of_range_keeps_defaults(void) {
     memset(&g_fake, 0, sizeof(g_fake));
     snprintf(g_fake.unit_id, sizeof(g_fake.unit_id), "unit-1");
@@ -760,6 +870,10 @@ int main(int argc, char **argv) {
     run("quiet_period_suppresses_timer_capture", test_quiet_period_suppresses_timer_capture);
     run("sleep_now_and_garbage_input", test_sleep_now_and_garbage_input);
     run("stored_config_out_of_range_keeps_defaults", test_stored_config_out_of_range_keeps_defaults);
+    run("optional_fields_absent_present_and_bad", test_optional_fields_absent_present_and_bad);
+    run("chunk_frame_in_place_equals_encoder", test_chunk_frame_in_place_equals_encoder);
+    run("hello_advertises_max_chunk_and_config_sets_chunk", test_hello_advertises_max_chunk_and_config_sets_chunk);
+    run("larger_buffer_raises_max_chunk_and_caps_config", test_larger_buffer_raises_max_chunk_and_caps_config);
     printf("%d passed, %d failed\n", g_pass, g_fail);
     return g_fail ? 1 : 0;
 }
