@@ -3,6 +3,7 @@
  * connects the core to the board. */
 #include <string.h>
 
+#include "esp_heap_caps.h"
 #include "esp_log.h"
 #include "esp_mac.h"
 #include "esp_sleep.h"
@@ -18,7 +19,7 @@
 #endif
 
 static const char *TAG = "wildcam";
-static wc_unit_t s_unit; /* ~40 KiB: static, not on the task stack */
+static wc_unit_t s_unit; /* ~17 KiB: static, not on the task stack */
 
 static void core_log(void *ctx, int level, const char *msg) {
     (void)ctx;
@@ -45,6 +46,27 @@ static const wc_hal_t HAL = {
     .on_message = NULL,
     .kv = {0}, /* set in app_main: hal_nvs_kv is not a constant expression */
 };
+
+/* Chunk frames as large as this wake's heap allows, so a capture is fewer packets for the station
+ * (PROTOCOL.md §3, HELLO max_chunk). Taken after the camera has its frame buffers. Without PSRAM,
+ * at most half the largest internal block: Wi-Fi and esp-mqtt's outbox (a copy of each QoS 1
+ * frame until its PUBACK) need the rest. Lives until deep sleep, which resets the heap. */
+static void give_chunk_buffer(wc_unit_t *u) {
+    const size_t want = WC_MAX_CHUNK + WC_CHUNK_HEAD + WC_OVERHEAD;
+    uint32_t caps = MALLOC_CAP_SPIRAM | MALLOC_CAP_8BIT;
+    size_t largest = heap_caps_get_largest_free_block(caps) / 2; /* the outbox copy lives here too */
+    if (largest == 0) {
+        caps = MALLOC_CAP_INTERNAL | MALLOC_CAP_8BIT;
+        largest = heap_caps_get_largest_free_block(caps) / 2;
+    }
+    size_t cap = largest < want ? largest : want;
+    if (cap <= WC_UNIT_TX_CAP) return; /* the core's built-in 16 KiB buffer is as large */
+    uint8_t *buf = heap_caps_malloc(cap, caps);
+    if (!buf) return;
+    wc_unit_set_chunk_buffer(u, buf, cap);
+    ESP_LOGI(TAG, "chunks up to %u bytes (%s)", (unsigned)wc_unit_max_chunk(u),
+             (caps & MALLOC_CAP_SPIRAM) ? "PSRAM" : "internal RAM");
+}
 
 void app_main(void) {
     static wc_hal_t hal;
@@ -74,6 +96,7 @@ void app_main(void) {
         ESP_LOGE(TAG, "no link to the station this wake");
     }
     if (hal_camera_init(cfg) != ESP_OK) ESP_LOGE(TAG, "camera unavailable this wake");
+    give_chunk_buffer(&s_unit); /* before the wake's HELLO, which advertises it */
     ESP_LOGI(TAG, "%s, unit %s, wake %u", board->name, cfg->unit_id, wake);
 
     wc_unit_wake(&s_unit, wake);
