@@ -103,6 +103,7 @@ class Station:
                 reopen_s=c.serial.reopen_s,
                 on_unit=self._unit_seen,
                 on_stored=self._stored,
+                unit_config=self._wanted_unit_config,
             )
             self.serial_links.append(link)
             self.supervisor.add(SerialIngest(link))
@@ -115,6 +116,7 @@ class Station:
                 c.ingest,
                 on_unit=self._unit_seen,
                 on_stored=self._stored,
+                unit_config=self._wanted_unit_config,
             )
             self.supervisor.add(self.mqtt)
         # the technician's page: built before the listeners that serve it
@@ -265,6 +267,13 @@ class Station:
                 hook(capture_id, detections)
             except Exception:
                 log.exception("analysis hook failed")
+
+    def _wanted_unit_config(self, unit_id: str) -> dict[str, int]:
+        """The CONFIG fields the station asks of a unit: the power manager's, when it sets them."""
+        power = getattr(self, "power", None)  # ingest may hear a unit before power is built
+        if power is None or not power.manages_units:
+            return {}
+        return power.unit_config(unit_id)
 
     def _unit_seen(self, unit_id: str, link: SerialLink | MqttIngest) -> None:
         self._unit_links[unit_id] = link

@@ -1,13 +1,15 @@
 """Ingest throughput of 50 KiB JPEGs, acknowledged after a durable commit, against raw ceilings.
 
-    python bench/bench_ingest.py [--captures 300] [--units 4] [--idle-seconds 60]
+    python bench/bench_ingest.py [--captures 300] [--units 4] [--idle-seconds 60] [--legacy-units]
 
 Measured in one run, on this machine:
   ceilings  raw paho publish -> Mosquitto -> subscriber for the same payloads (QoS 1), and raw
             sqlite3 inserts of the same blobs, one transaction each, WAL + synchronous=FULL;
   station   `fieldstation run` as its own process: captures/s over MQTT (N units, each waiting for
             its ACK as the firmware does) and over serial (a pty per unit), its RSS idle and under
-            load, and its CPU seconds per idle minute.
+            load, and its CPU seconds per idle minute. Units say HELLO with max_chunk first and send
+            at the chunk size the station's CONFIG gives them (--legacy-units: 16 KiB chunks and no
+            HELLO, as units before the negotiation did).
 Prints a table and the ratios against the lower ceiling (goal: >= 0.7; idle CPU < 0.6 s/min).
 """
 
@@ -149,10 +151,63 @@ def encode_captures(unit_id: str, blobs: list[bytes], chunk: int = 16384) -> lis
     ]
 
 
-def drive_mqtt(broker: PrivateBroker, units: int, blobs: list[bytes]) -> float:
+LEGACY_CHUNK = 16384
+
+
+def announce(unit_id: str) -> list[bytes]:
+    """A unit's HELLO (it can send a whole frame) and CONFIG_REPORT (at 16 KiB chunks now)."""
+    hello = p.Hello(unit_id, "bench", "esp32s3", "24:0a:c4:00:00:01", max_chunk=p.MAX_CHUNK)
+    report = p.ConfigReport(unit_id, 300, 8, 12, chunk_size=LEGACY_CHUNK)
+    return [p.encode_frame(hello, 1), p.encode_frame(report, 2)]
+
+
+def negotiate_mqtt(broker: PrivateBroker, ids: list[str]) -> dict[str, int]:
+    """Each unit's chunk size from the station's CONFIG answering its HELLO."""
+    chunks: dict[str, int] = {}
+    got = threading.Event()
+
+    def on_message(c, userdata, msg):  # noqa: ANN001
+        m = p.decode_frame(msg.payload).message()
+        if isinstance(m, p.Config) and m.chunk_size:
+            chunks[msg.topic.split("/")[2]] = m.chunk_size
+            if len(chunks) == len(ids):
+                got.set()
+
+    subscribed = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-hello")
+    client.on_message = on_message
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    client.subscribe("wildcam/bench/+/cmd", qos=1)
+    subscribed.wait(10)
+    for u in ids:
+        for frame in announce(u):
+            client.publish(f"wildcam/bench/{u}/hello", frame, qos=1)
+    if not got.wait(30):
+        raise RuntimeError(f"the station told only {sorted(chunks)} their chunk size")
+    client.loop_stop()
+    client.disconnect()
+    return chunks
+
+
+def negotiate_serial(link: PtySerialLink, unit_id: str) -> int:
+    for frame in announce(unit_id):
+        link.send(frame, "hello")
+    while (f := link.recv(30)) is not None:
+        m = f.message()
+        if isinstance(m, p.Config) and m.chunk_size:
+            return m.chunk_size
+    raise RuntimeError(f"the station did not tell {unit_id} a chunk size")
+
+
+def drive_mqtt(
+    broker: PrivateBroker, units: int, blobs: list[bytes], legacy: bool = False
+) -> float:
     """N units over one client, each stop-and-wait as the firmware is: next capture after ACK."""
     ids = [f"bench-m{i}" for i in range(units)]
-    frames = {u: encode_captures(u, blobs[i::units]) for i, u in enumerate(ids)}
+    chunk = dict.fromkeys(ids, LEGACY_CHUNK) if legacy else negotiate_mqtt(broker, ids)
+    frames = {u: encode_captures(u, blobs[i::units], chunk[u]) for i, u in enumerate(ids)}
     nxt = dict.fromkeys(ids, 0)
     done = threading.Event()
     acked = [0]
@@ -198,14 +253,20 @@ def drive_mqtt(broker: PrivateBroker, units: int, blobs: list[bytes]) -> float:
     return acked[0] / dt
 
 
-def drive_serial(masters: list[int], blobs: list[bytes]) -> float:
+def drive_serial(masters: list[int], blobs: list[bytes], legacy: bool = False) -> float:
     """One unit per pty, stop-and-wait."""
     n = len(masters)
     acked = [0] * n
+    links = [PtySerialLink(m) for m in masters]
+    chunks = [
+        LEGACY_CHUNK if legacy else negotiate_serial(link, f"bench-s{i}")
+        for i, link in enumerate(links)
+    ]
 
     def unit(i: int) -> None:
-        link = PtySerialLink(masters[i])
-        for k, capture in enumerate(encode_captures(f"bench-s{i}", blobs[i::n]), start=1):
+        link = links[i]
+        captures = encode_captures(f"bench-s{i}", blobs[i::n], chunks[i])
+        for k, capture in enumerate(captures, start=1):
             link.send(b"".join(capture), "capture")
             while True:
                 f = link.recv(30)
@@ -227,7 +288,9 @@ def drive_serial(masters: list[int], blobs: list[bytes]) -> float:
     return sum(acked) / (time.perf_counter() - t0)
 
 
-def measure(captures: int, units: int, idle_seconds: float) -> dict[str, float]:
+def measure(
+    captures: int, units: int, idle_seconds: float, legacy: bool = False
+) -> dict[str, float]:
     """Every figure of one run: the raw ceilings first, then the station as its own process."""
     folder = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     blobs = payloads(captures)
@@ -264,9 +327,9 @@ def measure(captures: int, units: int, idle_seconds: float) -> dict[str, float]:
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
             cpu0 = sum(ps.cpu_times()[:2])
-            results["station_mqtt_per_s"] = drive_mqtt(broker, units, blobs)
+            results["station_mqtt_per_s"] = drive_mqtt(broker, units, blobs, legacy)
             cpu1 = sum(ps.cpu_times()[:2])
-            results["station_serial_per_s"] = drive_serial([x[0] for x in ptys], blobs)
+            results["station_serial_per_s"] = drive_serial([x[0] for x in ptys], blobs, legacy)
             cpu2 = sum(ps.cpu_times()[:2])
             results["cpu_ms_per_capture_mqtt"] = (cpu1 - cpu0) * 1000 / len(blobs)
             results["cpu_ms_per_capture_serial"] = (cpu2 - cpu1) * 1000 / len(blobs)
@@ -378,8 +441,11 @@ def main() -> None:
     ap.add_argument("--units", type=int, default=4)
     ap.add_argument("--idle-seconds", type=float, default=60.0)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--legacy-units", action="store_true", help="units without chunk negotiation (16 KiB)"
+    )
     args = ap.parse_args()
-    results = measure(args.captures, args.units, args.idle_seconds)
+    results = measure(args.captures, args.units, args.idle_seconds, args.legacy_units)
     if args.json:
         print(json.dumps(results, indent=2))
         return

@@ -32,8 +32,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PACKAGES = (
     "wildcam-fieldstation", "paho-mqtt", "pyserial", "numpy", "pillow", "ai-edge-litert",
-    "opencv-python-headless", "starlette", "fastapi", "uvicorn", "requests", "psutil",
-    "psycopg", "boto3", "moto",
+    "opencv-python-headless", "starlette", "fastapi", "uvicorn", "httptools", "requests",
+    "psutil", "psycopg", "boto3", "moto",
 )  # fmt: skip
 QUICK_TIMEOUT_S = 150.0  # a quick run stays under three minutes with the benches of today
 LEGACY_QUICK_TIMEOUT_S = 30.0  # a bench with no quick mode gets a short look only

@@ -3,8 +3,8 @@
 This module owns the `model_releases`, `rollouts`, `rollout_targets` and `station_labels` tables.
 A rollout's waves name stations by id, by cohort label or by a stable percentage (a hash of the
 station id and name@version, so 10% stays the same 10%). A wave starts when the one before it
-reached its success threshold; a wave at or past its error threshold pauses the rollout (hawkBit's
-rule). A station that does not report within `timeout_s` is `timed_out`, and is picked up again
+reached its success threshold of stations that passed probation; any wave reached so far at or past
+its error threshold pauses the rollout, a finished one too (hawkBit's rule). A station that does not report within `timeout_s` is `timed_out`, and is picked up again
 as soon as it reports. The manifest each station fetches is computed here from this state.
 """
 
@@ -30,13 +30,15 @@ TARGET_STATES = (
     "downloading",
     "verifying",
     "shadow",
-    "active",
+    "probation",  # running it, the station still watching it
+    "active",  # running it, probation passed
     "failed",
     "rolling_back",  # operator rollback sent, station not back yet
     "rolled_back",
     "timed_out",
 )
 DONE = ("active", "failed", "rolled_back")
+RUNNING = ("probation", "active")  # the station runs the rollout's version
 ERRORS = ("failed", "rolled_back")
 # Station job stages that map straight onto target states.
 JOB_STATES = ("downloading", "verifying", "shadow", "failed")
@@ -69,7 +71,7 @@ class Wave:
 @dataclass(frozen=True)
 class RolloutSpec:
     waves: tuple[Wave, ...]
-    success_threshold: float = 1.0  # share of a wave active before the next one starts
+    success_threshold: float = 1.0  # share of a wave past probation before the next starts
     error_threshold: float = 0.5  # share of a wave failed or rolled back that pauses the rollout
     timeout_s: float = 3600.0  # no report for this long: timed_out
     min_agreement: float | None = None  # shadow-run agreement below which stations refuse it
@@ -421,6 +423,7 @@ def wave_counts(rollout: Rollout, wave: int) -> dict[str, int]:
     return {
         "targets": len(members),
         "active": sum(t.state == "active" for t in members),
+        "probation": sum(t.state == "probation" for t in members),
         "errors": sum(t.state in ERRORS for t in members),
         "timed_out": sum(t.state == "timed_out" for t in members),
     }
@@ -436,6 +439,17 @@ def evaluate(db: Database, now: float | None = None) -> None:
             cur, "WHERE state IN ('running', 'paused', 'finished', 'rolled_back')"
         ):
             _evaluate_one(cur, rollout, fleet, labels, now)
+
+
+def _error_wave(rollout: Rollout) -> str | None:
+    """Why the first wave reached so far that is at or past the error threshold pauses, or None."""
+    limit = rollout.spec.error_threshold
+    for wave in range(rollout.wave + 1):
+        counts = wave_counts(rollout, wave)
+        n, errors = counts["targets"], counts["errors"]
+        if n and errors and errors / n >= limit:
+            return f"wave {wave + 1}: {errors} of {n} failed or rolled back (error threshold {limit:.0%})"
+    return None
 
 
 def _evaluate_one(
@@ -458,19 +472,16 @@ def _evaluate_one(
             t.reason = f"no report for {rollout.spec.timeout_s:g} s"
             changed.add(t.station_id)
     while rollout.state in ("running", "finished"):
-        # a finished rollout whose stations later roll back pauses too, so it is seen
-        counts = wave_counts(rollout, rollout.wave)
-        n = counts["targets"]
-        if n and counts["errors"] and counts["errors"] / n >= rollout.spec.error_threshold:
-            rollout.state = "paused"
-            rollout.reason = (
-                f"wave {rollout.wave + 1}: {counts['errors']} of {n} failed or rolled back "
-                f"(error threshold {rollout.spec.error_threshold:.0%})"
-            )
-            dirty = True
+        # every wave reached counts: a station that rolls back after its wave moved on, or after
+        # the rollout finished, still pauses it, so the operator sees it before more go out
+        crossed = _error_wave(rollout)
+        if crossed is not None:
+            rollout.state, rollout.reason, dirty = "paused", crossed, True
             break
         if rollout.state == "finished":
             break
+        counts = wave_counts(rollout, rollout.wave)
+        n = counts["targets"]
         if n and counts["active"] / n < rollout.spec.success_threshold:
             break
         if rollout.wave + 1 >= len(rollout.spec.waves):
@@ -526,10 +537,11 @@ def _apply_one(cur: Any, station_id: str, name: str, info: dict[str, Any], now: 
         elif v in bad:
             state, reason = "failed", str(bad[v])
         elif active == v:
-            state, reason = "active", None
+            # active only once probation passed (a report without the flag: nothing to watch)
+            state, reason = ("probation" if info.get("probation") else "active"), None
         elif job.get("version") == v and job.get("state") in JOB_STATES:
             state, reason = str(job["state"]), job.get("reason")
-        elif t.state in ("timed_out", "active") and rollout.state in LIVE:
+        elif t.state in ("timed_out", *RUNNING) and rollout.state in LIVE:
             state, reason = "pending", None  # back after a silence, or moved off it
         if t.previous_version is None and active and active != v:
             t.previous_version = str(active)
@@ -555,7 +567,7 @@ def desired_versions(db: Database, station_id: str) -> list[tuple[str, dict[str,
             t = r.targets.get(station_id)
             if t is None or t.wave > r.wave or t.state == "waiting" or r.state == "cancelled":
                 continue
-            if r.state == "superseded" and t.state != "active":
+            if r.state == "superseded" and t.state not in RUNNING:
                 continue
             if r.state == "rolled_back":
                 if not t.previous_version:

@@ -11,7 +11,9 @@ from agent import protocol as p
 class LineSplitter:
     """Splits a unit's UART stream into log text lines and CRC-valid protocol frames."""
 
-    def __init__(self, max_payload: int = 16400) -> None:
+    # a whole frame: units send chunks as large as the station negotiates (PROTOCOL.md §3); log
+    # text is ASCII, so a false A5 5A sync in it is rare
+    def __init__(self, max_payload: int = p.MAX_PAYLOAD) -> None:
         self.buf = bytearray()
         self.text = bytearray()
         self.max_payload = max_payload

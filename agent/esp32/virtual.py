@@ -220,14 +220,14 @@ class VirtualUnit:
         max_attempts: int = 4,
         first_capture_id: int = 1,
         boot_time: float | None = None,
-        max_chunk: int | None = p.MAX_CHUNK,
+        max_chunk: int | None = None,
     ) -> None:
         p.check_unit_id(unit_id)
         self.unit_id = unit_id
         self.link = link
         self.chunk_size = chunk_size
-        # what HELLO advertises (an ESP32-S3 with PSRAM: a whole frame); None: an older unit that
-        # neither advertises nor follows a negotiated chunk size
+        # what HELLO advertises (virtual_unit() gives an ESP32-S3 with PSRAM a whole frame); None:
+        # an older unit that neither advertises nor follows a negotiated chunk size
         self.max_chunk = max_chunk
         self.firmware_version = firmware_version
         self.chip = chip

@@ -58,6 +58,7 @@ class Assembler:
         on_stored: Callable[[str, str, bool], None] | None = None,
         committer: Executor | None = None,
         chunk_limit: int = p.MAX_CHUNK,
+        unit_config: Callable[[str], dict[str, int]] | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
@@ -76,6 +77,9 @@ class Assembler:
         self.chunk_limit = chunk_limit
         self.chunk_sizes: dict[str, int] = {}  # unit -> chunk size negotiated at its HELLO
         self._told: set[str] = set()  # units sent their chunk size since their last HELLO
+        # the CONFIG fields the station wants of a unit (the power manager's), so the CONFIG that
+        # carries the chunk size never undoes a CONFIG sent a moment earlier
+        self.unit_config = unit_config
         self.open: dict[tuple[str, int], _Open] = {}
         self._unknown: dict[int, float] = {}  # capture ids NAKed unknown_capture, and when
         self.last_unit: str | None = None
@@ -197,8 +201,9 @@ class Assembler:
 
     def _tell_chunk(self, report: p.ConfigReport) -> None:
         """A unit that can change its chunk size (its report says which it uses) and uses another
-        than the one negotiated at its HELLO gets a CONFIG with the report's own settings and the
-        negotiated chunk size; once per HELLO, so a unit that does not follow cannot ping-pong."""
+        than the one negotiated at its HELLO gets a CONFIG with the settings the station wants of
+        it (else the report's own) and the negotiated chunk size; once per HELLO, so a unit that
+        does not follow cannot make it ping-pong."""
         unit = report.unit_id
         wanted = self.chunk_sizes.get(unit)
         if report.chunk_size is None or wanted is None or report.chunk_size == wanted:
@@ -208,9 +213,11 @@ class Assembler:
         self._told.add(unit)
         fields = {k: getattr(report, k) for k in ("capture_interval_s", "frame_size",
                   "jpeg_quality", "pir_enabled", "sleep_start_min", "sleep_end_min")}  # fmt: skip
-        config = p.Config(**fields, station_time_ms=int(self.clock() * 1000), chunk_size=wanted)
         try:
-            self.send(config)
+            if self.unit_config is not None:
+                fields.update(self.unit_config(unit))
+            now_ms = int(self.clock() * 1000)
+            self.send(p.Config(**fields, station_time_ms=now_ms, chunk_size=wanted))
         except Exception as exc:  # the next HELLO tries again
             log.info("%s: could not send unit %s its chunk size: %s", self.link, unit, exc)
             return

@@ -43,6 +43,7 @@ class MqttIngest:
         *,
         on_unit: Callable[[str, MqttIngest], None] | None = None,
         on_stored: Callable[[str, str, bool], None] | None = None,
+        unit_config: Callable[[str], dict[str, int]] | None = None,
     ) -> None:
         self.settings = settings
         self.station_id = station_id
@@ -51,6 +52,7 @@ class MqttIngest:
         self.limits = limits
         self.on_unit = on_unit
         self.on_stored = on_stored
+        self.unit_config = unit_config
         self.prefix = f"{settings.topic_root}/{station_id}/"
         self._assemblers: dict[str, Assembler] = {}
         self._client: mqtt.Client | None = None
@@ -194,6 +196,7 @@ class MqttIngest:
                 on_stored=self.on_stored,
                 committer=self._committer,
                 chunk_limit=self.chunk_limit,
+                unit_config=self.unit_config,
             )
             self._assemblers[unit] = asm
         return asm

@@ -34,6 +34,7 @@ class SerialLink:
         reopen_s: float = 2.0,
         on_unit: Callable[[str, SerialLink], None] | None = None,
         on_stored: Callable[[str, str, bool], None] | None = None,
+        unit_config: Callable[[str], dict[str, int]] | None = None,
     ) -> None:
         self.port = port  # may be a /dev/serial/by-id/... symlink; resolved at every open
         self.name = f"serial:{os.path.basename(port)}"
@@ -54,6 +55,7 @@ class SerialLink:
             link=self.name,
             on_unit=(lambda unit: on_unit(unit, self)) if on_unit else None,
             on_stored=on_stored,
+            unit_config=unit_config,
         )
 
     @property

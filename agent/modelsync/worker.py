@@ -472,13 +472,15 @@ class ModelSync:
     def check_probation(self) -> None:
         """Roll a new version back when it errors, slows down or stops finding things."""
         p = self.versions.pointer()
-        if p is None or not p.probation or self.inference is None:
+        if p is None or not p.probation:
             return
         s = self.settings
         if self.clock() - p.activated_at > s.probation_s:
             self.versions.end_probation()
             log.info("model %s@%s passed probation", self.settings.model, p.version)
-            self._report_due = True
+            self._report_due = True  # the cloud's next wave waits for this report
+            return
+        if self.inference is None:
             return
         me = f"{self.settings.model}@{p.version}"
         runs = [r for r in list(self.inference.recent) if r[0] == me]

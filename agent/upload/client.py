@@ -76,6 +76,11 @@ class SyncEndpoint:
     def close(self) -> None:
         self.session.close()
 
+    @property
+    def token_len(self) -> int:
+        """Length of the bearer token: its header is part of every request's counted bytes."""
+        return len(self._token)
+
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token}"}
 

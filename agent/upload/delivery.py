@@ -26,6 +26,14 @@ class Stopping(Exception):
     """The station is stopping while the uploader waits to retry."""
 
 
+class LinkHeld(Exception):
+    """The link may not carry this try now (daily budget spent, upload window closed)."""
+
+    def __init__(self, reason: str, *, budget: bool) -> None:
+        super().__init__(reason)
+        self.budget = budget  # True: wait for tomorrow's budget; False: for the window
+
+
 @dataclass
 class Batch:
     """One encoded batch request for one endpoint."""
@@ -61,7 +69,8 @@ class Delivery:
     """Sends batches with retries; every failed attempt is counted and reported to the chooser.
 
     `count(endpoint, nbytes)` records request bytes; `refused(items, exc)` hears a 400/413;
-    `nap(s)` waits, raising Stopping when the station stops; `stop` is the worker's stop event.
+    `nap(s)` waits, raising Stopping when the station stops; `hold(nbytes)` raises LinkHeld when
+    the link may not carry a try of that size now; `stop` is the worker's stop event.
     """
 
     chooser: EndpointChooser
@@ -69,6 +78,7 @@ class Delivery:
     count: Callable[[str, int], None]
     refused: Callable[[list[Item], EndpointError], None]
     nap: Callable[[float], None]
+    hold: Callable[[int], None] = lambda nbytes: None
     stop: threading.Event = field(default_factory=threading.Event)
 
     def send(self, batch: Batch, outcome: Outcome) -> None:
@@ -105,6 +115,8 @@ class Delivery:
         try:
             for attempt in retrying:
                 with attempt:
+                    # every try is weighed: an earlier one cut by a drop already spent its bytes
+                    self.hold(batch.wire)
                     data: bytes | ThrottledBody = batch.body
                     if self.bucket.rate:
                         data = ThrottledBody(batch.body, self.bucket, self.nap)
@@ -134,14 +146,14 @@ def result_label(exc: EndpointError) -> str:
     return "not_delivered"
 
 
-def overhead(url: str, content_type: str, body_len: int) -> int:
+def overhead(url: str, content_type: str, body_len: int, token_len: int) -> int:
     """Request line and headers as requests writes them (counted in the per-day bytes)."""
     parts = urlsplit(url)
     head = (
         f"POST {parts.path}/v1/captures/batch HTTP/1.1\r\nHost: {parts.netloc}\r\n"
         "User-Agent: wildcam-fieldstation-uploader/1\r\nAccept-Encoding: gzip, deflate\r\n"
         "Accept: */*\r\nConnection: keep-alive\r\nAuthorization: Bearer "
-        + "x" * 43
+        + "x" * token_len
         + f"\r\nContent-Type: {content_type}\r\nContent-Length: {body_len}\r\n\r\n"
     )
     return len(head)

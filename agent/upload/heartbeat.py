@@ -100,7 +100,7 @@ class Heartbeat:
                 chooser.failed(name, exc)
                 continue
             metrics.requests.labels(name, "heartbeat", "ok").inc()
-            count(name, sent + overhead(endpoint.url, "application/json", sent))
+            count(name, sent + overhead(endpoint.url, "application/json", sent, endpoint.token_len))
             return name
         return None
 

@@ -72,7 +72,8 @@ class BatchWindow:
         if not items:
             return None
         body, content_type = encode(self.station_id, items)
-        wire = len(body) + overhead(self.endpoints[name].url, content_type, len(body))
+        ep = self.endpoints[name]
+        wire = len(body) + overhead(ep.url, content_type, len(body), ep.token_len)
         return Batch(name, items, body, content_type, wire, uuid.uuid4().hex[:16])
 
     def refused(self, items: list[Item], exc: EndpointError) -> None:

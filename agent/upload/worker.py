@@ -22,7 +22,7 @@ from agent.store import Store
 from agent.upload import ledger, manifest
 from agent.upload.budget import TokenBucket, UploadWindows, local_day, seconds_to_next_day
 from agent.upload.client import EndpointError, ItemResult, SyncEndpoint
-from agent.upload.delivery import Batch, Delivery, Outcome, Stopping, result_label
+from agent.upload.delivery import Batch, Delivery, LinkHeld, Outcome, Stopping, result_label
 from agent.upload.endpoints import EndpointChooser
 from agent.upload.heartbeat import Heartbeat
 from agent.upload.metrics import DoubtCollector, UploadMetrics
@@ -78,7 +78,7 @@ class Uploader:
         )
         self.bucket = TokenBucket(s.bandwidth_bytes_per_s, monotonic)
         self.delivery = Delivery(
-            self.chooser, self.bucket, self._count, self.batches.refused, self._nap
+            self.chooser, self.bucket, self._count, self.batches.refused, self._nap, self._hold
         )
         self.settler = Settler(store, self.chooser, s.empty_policy, self._fail_capture, clock)
         self.windows = UploadWindows(s.windows)
@@ -180,13 +180,10 @@ class Uploader:
         if wait > 0:
             self.state = "outside_window"
             return min(hb_wait, wait)
-        budget_left = None
-        if s.daily_budget_bytes:
-            with self.store.read() as conn:
-                budget_left = s.daily_budget_bytes - ledger.bytes_on(conn, local_day(now))
-            if budget_left <= 0:
-                self.state = "budget_exhausted"
-                return min(hb_wait, seconds_to_next_day(now))
+        budget_left = self._budget_left(now)
+        if budget_left is not None and budget_left <= 0:
+            self.state = "budget_exhausted"
+            return min(hb_wait, seconds_to_next_day(now))
         name = self.chooser.choose()
         if name is None:
             self.state = "offline"
@@ -202,6 +199,23 @@ class Uploader:
         if self.state == "uploading":
             self.state = "idle"
         return min(hb_wait, s.idle_poll_s)
+
+    def _budget_left(self, now: float) -> int | None:
+        """Bytes today's budget still allows (None: no budget)."""
+        budget = self.settings.daily_budget_bytes
+        if not budget:
+            return None
+        with self.store.read() as conn:
+            return budget - ledger.bytes_on(conn, local_day(now))
+
+    def _hold(self, nbytes: int) -> None:
+        """Raise LinkHeld when a try of `nbytes` would pass today's budget or the window closed."""
+        now = self.clock()
+        if not self.windows.is_open(now):
+            raise LinkHeld("outside the upload windows", budget=False)
+        left = self._budget_left(now)
+        if left is not None and nbytes > left:
+            raise LinkHeld(f"daily budget: {nbytes} bytes needed, {max(0, left)} left", budget=True)
 
     def _sleep(self, seconds: float) -> None:
         # wake each second at most to notice resume(); idle cost stays negligible
@@ -250,6 +264,9 @@ class Uploader:
             sender.join()
             if outcome.results is None:
                 self._given_up(batch, outcome)
+                if isinstance(outcome.error, LinkHeld):  # the batch waits; no busy loop meanwhile
+                    self.batches.budget_blocked = outcome.error.budget
+                    return False
                 return True
             self._apply(batch, outcome.results, upcoming)
             batch = upcoming
@@ -272,8 +289,16 @@ class Uploader:
 
     def _given_up(self, batch: Batch, outcome: Outcome) -> None:
         self.batches.forget()
-        if not isinstance(outcome.error, (EndpointError, Stopping)):
+        if not isinstance(outcome.error, (EndpointError, Stopping, LinkHeld)):
             raise outcome.error or RuntimeError("sender ended without an outcome")
+        if isinstance(outcome.error, LinkHeld):
+            log.info(
+                "batch %s of %d captures to %s waits: %s",
+                batch.batch_id,
+                len(batch.ids),
+                batch.endpoint,
+                outcome.error,
+            )
         if not outcome.in_doubt:
             with self.store.transaction() as conn:
                 ledger.undo_doubt(conn, batch.endpoint, batch.ids, batch.batch_id, self.clock())

@@ -2,7 +2,8 @@
 
 v1 to all; v2 to 50% in two waves with a station offline (timed_out, then caught up); v3 fails its
 self-test and pauses its rollout; v4 passes its checks but fails probation and the stations roll
-back to v2 by themselves. The cloud's status shows each of these.
+back to v2 by themselves. The cloud's status shows each of these. A wave counts a station once it
+passed probation, so the stations run a 1 s probation until v4, whose probation is watched for 600 s.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ def fleet_env(tmp_path, cloud, operator, keypair):
                   ("4.0.0", {"base": "blob-yolo-cn"})):  # fmt: skip
         operator.publish(make_version(tmp_path / "pkgs", v, **kw), key)
     configs = {
-        sid: fleet.station_config(tmp_path / sid, sid, cloud, operator.station_token(sid), [public])
+        sid: fleet.station_config(
+            tmp_path / sid, sid, cloud, operator.station_token(sid), [public]
+        ).replace("modelsync", probation_s=1)
         for sid in IDS
     }
     stations = {sid: fleet.start(c) for sid, c in configs.items()}
@@ -71,6 +74,9 @@ def test_waves_selftest_pause_probation_rollback_and_an_offline_station(fleet_en
     }  # fmt: skip
 
     # v4 passes self-test and shadow run, then its detection rate collapses in probation
+    for sid in HALF:  # a probation long enough to watch v4 in
+        stations[sid].stop()
+        stations[sid] = fleet.start(configs[sid].replace("modelsync", probation_s=600))
     for sid in HALF:
         for i, seed in enumerate(fleet.ANIMAL_SEEDS[:6]):
             fleet.send(stations[sid], fleet.scene(seed, blob=True), i)

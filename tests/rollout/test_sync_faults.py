@@ -328,7 +328,7 @@ def test_the_report_rides_in_the_heartbeat_and_a_failed_report_changes_nothing(t
     r = requests.post(f"{live.url}/v1/heartbeat", json=beat, headers=live.headers, timeout=10)
     assert r.status_code == 200, r.text
     state = {s["station_id"]: s["state"] for s in ro.status(rig.service.db, rig.name)["stations"]}
-    assert state[rig.sid] == "active"
+    assert state[rig.sid] == "probation"  # it runs 1.0.0; active once probation passed
 
 
 def test_captures_wait_for_the_first_version_instead_of_passing_unanalysed(tmp_path, cloud_env):
@@ -392,3 +392,18 @@ def test_an_operator_rollback_switches_back_to_the_kept_copy_without_a_download(
     assert rig.sync.send_report()
     state = {s["station_id"]: s for s in ro.status(rig.service.db, rig.name)["stations"]}
     assert state[rig.sid]["state"] == "rolled_back"
+
+
+def test_the_end_of_probation_is_reported_and_the_cloud_counts_the_station_active(
+    tmp_path, cloud_env
+):
+    rig = Rig(tmp_path, cloud_env).with_v1()
+    rig.sync.step()  # reports the activation
+    doc = ro.status(rig.service.db, rig.name)
+    assert doc["stations"][0]["state"] == "probation" and doc["state"] == "running"
+    probation_s = rig.config.modelsync.probation_s
+    rig.sync.clock = lambda: time.time() + probation_s + 1
+    rig.sync.step()  # probation is over: the station says so at once
+    assert not rig.sync.versions.pointer().probation and not rig.sync.report_pending
+    doc = ro.status(rig.service.db, rig.name)
+    assert doc["stations"][0]["state"] == "active" and doc["state"] == "finished"
