@@ -5,17 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request, Response
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from cloud import rollout
 from cloud.api.captures import ERRORS
 from cloud.api.deps import Admin, AnyToken, ServiceDep, StationId
-from cloud.errors import NotFound
-from cloud.schema import ErrorBody, ModelManifest
+from cloud.errors import NotFound, Refused
+from cloud.models import NAME_PATTERN
+from cloud.schema import STATION_ID_PATTERN, ErrorBody, ModelManifest, bounded
 
 router = APIRouter(prefix="/v1")
 
@@ -95,8 +96,8 @@ async def manifest(
         **ERRORS,
         200: {"content": {"application/octet-stream": {}}},
         206: {"description": "the requested byte range"},
-        404: {"model": ErrorBody},
-        416: {"description": "range not satisfiable"},
+        404: {"model": ErrorBody, "description": "unknown model version"},
+        416: {"model": ErrorBody, "description": "range not satisfiable"},
     },
     response_class=Response,
     summary="A published model artifact (supports Range, ETag)",
@@ -110,7 +111,7 @@ async def artifact(
 ) -> Response:
     model = await run_in_threadpool(service.db.get_model, name, version)
     if model is None:
-        raise HTTPException(404, f"no model {name!r} version {version!r}")
+        raise Refused(404, "unknown_model", f"no model {name!r} version {version!r}")
     size = int(model["size"])
     etag = f'"{model["sha256"]}"'
     headers = {"ETag": etag, "Accept-Ranges": "bytes"}
@@ -122,10 +123,10 @@ async def artifact(
     if range_header and (if_range is None or if_range.strip() == etag):
         try:
             span = parse_range(range_header, size)
-        except ValueError:
-            return Response(
-                status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"}
-            )
+        except ValueError as exc:
+            raise Refused(
+                416, "bad_range", str(exc), headers={**headers, "Content-Range": f"bytes */{size}"}
+            ) from None
     try:
         if span is None:
             data = await run_in_threadpool(service.store.get, model["object_key"])
@@ -133,7 +134,7 @@ async def artifact(
         start, end = span
         data = await run_in_threadpool(service.store.read_range, model["object_key"], start, end)
     except NotFound as exc:
-        raise HTTPException(404, "artifact object missing from the store") from exc
+        raise Refused(404, "artifact_missing", "artifact object missing from the store") from exc
     return Response(
         data,
         status_code=206,
@@ -145,24 +146,40 @@ async def artifact(
 # --- rollouts ------------------------------------------------------------------------------------
 
 
+# Names as `models publish` accepts them: anything else can never match a published model.
+ModelName = Annotated[str, Field(pattern=NAME_PATTERN.pattern, max_length=64)]
+StationName = Annotated[str, Field(pattern=STATION_ID_PATTERN, max_length=64)]
+# A station that has not reported for a month is timed out whatever the operator asked.
+MAX_TIMEOUT_S = 30 * 24 * 3600.0
+
+
 class WaveBody(BaseModel):
-    stations: list[str] = Field(default_factory=list)
-    cohort: str | None = None
+    stations: list[StationName] = Field(default_factory=list, max_length=1000)
+    cohort: str | None = Field(default=None, min_length=1, max_length=200)
     percent: float | None = Field(default=None, ge=0, le=100)
 
 
 class RolloutBody(BaseModel):
-    name: str
-    version: str
+    name: ModelName
+    version: ModelName
     waves: list[WaveBody] = Field(min_length=1, max_length=20)
     success_threshold: float = Field(default=1.0, gt=0, le=1)
     error_threshold: float = Field(default=0.5, gt=0, le=1)
-    timeout_s: float = Field(default=3600.0, gt=0)
+    timeout_s: float = Field(default=3600.0, gt=0, le=MAX_TIMEOUT_S)
     min_agreement: float | None = Field(default=None, ge=0, le=1)
 
 
 class ModelReport(BaseModel):
-    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """What model sync reports; its per-model blocks are free-form, so they are bounded."""
+
+    models: dict[Annotated[str, Field(max_length=200)], dict[str, Any]] = Field(
+        default_factory=dict, max_length=100
+    )
+
+    @model_validator(mode="after")
+    def _bounded_free_form(self) -> ModelReport:
+        bounded(self.models, "models")
+        return self
 
 
 def spec_of(body: RolloutBody) -> rollout.RolloutSpec:
@@ -185,21 +202,45 @@ async def report(body: ModelReport, station_id: StationId, service: ServiceDep) 
     return {"ok": True}
 
 
-@router.post("/rollouts", responses=ERRORS, summary="Operators: start a rollout (supersedes)")
+# The operator routes' own refusals, on top of the shared ones.
+NOT_PUBLISHED: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorBody, "description": "the version is not published"}
+}
+UNKNOWN: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "no rollout of this model"}
+}
+CONFLICT: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "no rollout of this model, or an unknown action"},
+    409: {"model": ErrorBody, "description": "the rollout's state does not allow the action"},
+}
+
+
+@router.post(
+    "/rollouts",
+    responses={**ERRORS, **NOT_PUBLISHED},
+    summary="Operators: start a rollout (supersedes)",
+)
 async def create_rollout(body: RolloutBody, _: Admin, service: ServiceDep) -> dict[str, Any]:
     try:
         await run_in_threadpool(rollout.create, service.db, body.name, body.version, spec_of(body))
     except rollout.RolloutError as exc:
-        raise HTTPException(409, str(exc)) from None
+        published = await run_in_threadpool(
+            rollout.get_release, service.db, body.name, body.version
+        )
+        raise Refused(409, "rollout_conflict" if published else "not_published", str(exc)) from None
     return await run_in_threadpool(rollout.status, service.db, body.name)
 
 
-@router.get("/rollouts/{name}", responses=ERRORS, summary="Operators: a model's rollout status")
+@router.get(
+    "/rollouts/{name}",
+    responses={**ERRORS, **UNKNOWN},
+    summary="Operators: a model's rollout status",
+)
 async def rollout_status(name: str, _: Admin, service: ServiceDep) -> dict[str, Any]:
     try:
         return await run_in_threadpool(rollout.status, service.db, name)
     except rollout.RolloutError as exc:
-        raise HTTPException(404, str(exc)) from None
+        raise Refused(404, "unknown_rollout", str(exc)) from None
 
 
 ACTIONS = {
@@ -213,15 +254,17 @@ ACTIONS = {
 
 @router.post(
     "/rollouts/{name}/{action}",
-    responses=ERRORS,
+    responses={**ERRORS, **CONFLICT},
     summary="Operators: promote, pause, resume, cancel or rollback a model's rollout",
 )
 async def rollout_action(name: str, action: str, _: Admin, service: ServiceDep) -> dict[str, Any]:
     do = ACTIONS.get(action)
     if do is None:
-        raise HTTPException(404, f"unknown action {action!r}: {', '.join(ACTIONS)}")
+        raise Refused(404, "unknown_action", f"unknown action {action!r}: {', '.join(ACTIONS)}")
     try:
         await run_in_threadpool(do, service.db, name)
     except rollout.RolloutError as exc:
-        raise HTTPException(409, str(exc)) from None
+        if not await run_in_threadpool(rollout.rollouts_of, service.db, name):
+            raise Refused(404, "unknown_rollout", str(exc)) from None
+        raise Refused(409, "rollout_conflict", str(exc)) from None
     return await run_in_threadpool(rollout.status, service.db, name)

@@ -138,7 +138,12 @@ def test_refusals_that_never_reach_a_route_are_counted(server, station_token):
 
 # --- nested and oversized JSON on every JSON body ------------------------------------------------
 
-JSON_ROUTES = ["heartbeat", "lookup", "manifest"]
+JSON_ROUTES = ["heartbeat", "lookup", "manifest", "report"]
+JSON_PATHS = {
+    "heartbeat": "/v1/heartbeat",
+    "lookup": "/v1/captures/lookup",
+    "report": "/v1/models/report",
+}
 REFUSALS = ("schema", "bad_request", "bad_manifest", "too_large")
 
 
@@ -169,9 +174,8 @@ def test_deeply_nested_json_is_a_counted_4xx_never_a_500(server, token, route, d
             timeout=60,
         )
     else:
-        path = "/v1/heartbeat" if route == "heartbeat" else "/v1/captures/lookup"
         response = requests.post(
-            f"{server.url}{path}",
+            f"{server.url}{JSON_PATHS[route]}",
             data=doc.encode(),
             headers={**auth(token), "Content-Type": "application/json"},
             timeout=60,
@@ -224,3 +228,73 @@ def test_camtrap_export_carries_each_timestamp_source(make_live, station_token, 
     with (tmp_path / "dp" / "observations.csv").open() as f:
         notes = {r["eventID"]: r["observationComments"] for r in csv.DictReader(f)}
     assert notes["st-1:named"] == "timestamp from file_name"
+
+
+# --- model and rollout routes --------------------------------------------------------------------
+
+
+def post(server: LiveServer, token: str, path: str, body: dict) -> requests.Response:
+    return requests.post(f"{server.url}{path}", json=body, headers=auth(token), timeout=60)
+
+
+def test_model_report_is_bounded_and_refusals_counted(server, token):
+    # 15k names fit under the 256 KiB body limit; 100k do not and are refused before the schema
+    many = {"models": {f"m{n}": {} for n in range(15_000)}}
+    deep = {"models": {"det": {"job": json.loads(nested(20))}}}
+    big = {"models": {"det": {"bad": {"1.0": "x" * 100_000}}}}
+    long_name = {"models": {"d" * 10_000: {}}}
+    for body in (many, deep, big, long_name):
+        assert post(server, token, "/v1/models/report", body).status_code == 400
+    assert rejections(server, "schema") == 4
+    huge = {"models": {f"m{n}": {} for n in range(100_000)}}
+    assert post(server, token, "/v1/models/report", huge).status_code == 413
+    assert rejections(server, "too_large") == 1
+    station = {  # the shape model sync sends
+        "models": {
+            "wildcam-det": {
+                "active": "1.2.0",
+                "previous": ["1.1.0"],
+                "probation": True,
+                "job": {"version": "1.2.0", "state": "active", "reason": None, "at": 1.5},
+                "bad": {"1.0.9": "self-test failed: output 0 off by 5.0"},
+                "rolled_back": {},
+                "shadow": {"version": "1.2.0", "agreement": 0.97, "frames": 40},
+            }
+        }
+    }
+    assert post(server, token, "/v1/models/report", station).status_code == 200
+
+
+def test_rollout_body_is_bounded(server, admin_token):
+    admin = admin_token(server)
+    fine = {"name": "wildcam-det", "version": "1.2.0", "waves": [{"percent": 10}]}
+    bodies = [
+        {**fine, "name": "n" * 10_000},
+        {**fine, "version": "v" * 10_000},
+        {**fine, "waves": [{"stations": ["st-1"] * 5000}]},
+        {**fine, "waves": [{"stations": ["s" * 10_000]}]},
+        {**fine, "waves": [{"cohort": "c" * 10_000}]},
+        {**fine, "timeout_s": 1e300},
+    ]
+    for body in bodies:
+        response = post(server, admin, "/v1/rollouts", body)
+        assert response.status_code == 400, (body.keys(), response.text)
+    assert rejections(server, "schema") == len(bodies)
+
+
+def test_rollout_refusals_are_counted_with_their_reason(server, admin_token, token):
+    admin = admin_token(server)
+    unpublished = {"name": "wildcam-det", "version": "9.9.9", "waves": [{"percent": 10}]}
+    assert post(server, admin, "/v1/rollouts", unpublished).status_code == 409
+    assert rejections(server, "not_published") == 1
+    response = requests.get(f"{server.url}/v1/rollouts/nope", headers=auth(admin), timeout=10)
+    assert response.status_code == 404
+    assert post(server, admin, "/v1/rollouts/nope/promote", {}).status_code == 404
+    assert rejections(server, "unknown_rollout") == 2
+    assert post(server, admin, "/v1/rollouts/nope/explode", {}).status_code == 404
+    assert rejections(server, "unknown_action") == 1
+    response = requests.get(
+        f"{server.url}/v1/models/nope/1.0/artifact", headers=auth(token), timeout=10
+    )
+    assert response.status_code == 404
+    assert rejections(server, "unknown_model") == 1
