@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import typing
@@ -25,6 +26,7 @@ def test_variant_names_and_ranks_are_one_definition():
 
 
 def test_an_item_the_station_builds_passes_the_cloud_schema():
+    image = b"\xff\xd8\xff\xd9"
     conn = sqlite3.connect(":memory:")
     conn.row_factory = sqlite3.Row
     row = conn.execute(
@@ -32,12 +34,12 @@ def test_an_item_the_station_builds_passes_the_cloud_schema():
                   ? AS sha256, 4 AS size, 1780000000.0 AS received_at, NULL AS captured_at,
                   1000 AS unit_time, 'boot_ms' AS unit_time_kind, 'pir' AS trigger,
                   '{"n": 7}' AS meta, 0 AS empty, 'original' AS upload_variant, 1 AS phase""",
-        ("0" * 64,),
+        (hashlib.sha256(image).hexdigest(),),
     ).fetchone()
     item = batch.build_item(
         row,
         [],
-        lambda _cid, _variant: b"\xff\xd8\xff\xd9",
+        lambda _cid, _variant: image,
         empty_policy="full",
         thumbnails_first=False,
         thumbnail_px=64,
@@ -48,4 +50,4 @@ def test_an_item_the_station_builds_passes_the_cloud_schema():
     assert doc["station_id"] == "st-1"
     parsed = cloud.schema.CaptureItem.model_validate(doc["items"][0])
     assert parsed.variant == "full" and parsed.meta == {"n": 7} and parsed.image_part
-    assert bytes(parts[parsed.image_part].data) == b"\xff\xd8\xff\xd9"
+    assert bytes(parts[parsed.image_part].data) == image
