@@ -374,7 +374,7 @@ def test_every_acknowledged_capture_reaches_a_cloud_through_chaos(
                 tally.ack(cid, "c0ffee02")
                 tally.sent += 1
             wait_for(lambda: _in_state(station, "received") == 0, 60, "blob scenes analysed")
-            # one wave: a wave that has gone active lets the next start before probation ends
+            # one station, so one wave: its probation failing is what pauses the rollout
             post_rollout(clouds["aws"], "4.0.0", [{"stations": [STATION]}])
             report.inject(chaos.now(), "model rollout", version="4.0.0", waves=1)
             wait_for(lambda: model_status(station).get("active") == "4.0.0", 90, "v4 active")
