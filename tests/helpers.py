@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import random
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -79,3 +80,18 @@ def tmpfs(path: Path, size: str = "2m") -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def context_switches(thread: threading.Thread) -> int:
+    """How often the thread gave up the CPU by itself (each sleep that ends is one).
+
+    Only voluntary switches count: on a loaded two-core CI machine the kernel preempts a
+    running thread whenever it likes, and those involuntary switches say nothing about how
+    often the thread wakes.
+    """
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    return sum(
+        int(line.split()[1])
+        for line in status.splitlines()
+        if line.startswith("voluntary_ctxt_switches")
+    )

@@ -23,7 +23,7 @@ from agent.metrics import Metrics
 from agent.scenes import scene_jpeg
 from agent.store import Store
 from agent.supervisor import Supervisor
-from tests.helpers import wait_for
+from tests.helpers import context_switches, wait_for
 
 
 class Flaky:
@@ -73,12 +73,6 @@ class CrashOnCue:
                     return
             raise RuntimeError("crashed on cue")
         stop.wait()
-
-
-def context_switches(thread: threading.Thread) -> int:
-    """How often the kernel switched the thread out (each sleep that ends is one)."""
-    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
-    return sum(int(line.split()[1]) for line in status.splitlines() if "ctxt_switches" in line)
 
 
 def test_the_supervisor_sleeps_while_all_is_well_and_wakes_for_a_crash():
