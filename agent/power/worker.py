@@ -185,12 +185,19 @@ class PowerWorker:
         unit that has not confirmed the current CONFIG gets it now, while it listens."""
         now = self.monotonic()
         with self._lock:
-            push = self._units.setdefault(unit_id, _UnitPush())
+            push = self._units.get(unit_id)
+            new = push is None
+            if push is None:
+                push = self._units[unit_id] = _UnitPush()
             push.via = via or push.via
-            if now - push.last_seen > WAKE_GAP_S:
+            woke = now - push.last_seen > WAKE_GAP_S
+            if woke:
                 push.due = True
             push.last_seen = now
-        self._wake.set()
+        # every chunk of a capture lands here; only a new wake of the unit rouses the loop (each
+        # pass reads every unit row), so a burst of frames costs one pass, not one per frame
+        if new or woke:
+            self._wake.set()
 
     def technician_config(
         self, unit_id: str, body: dict[str, Any], send: CommandPath

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import queue
+import threading
+import time
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -17,6 +19,7 @@ from agent.cli import main
 from agent.esp32 import core
 from agent.esp32.host_unit import CoreVirtualUnit
 from agent.esp32.virtual import MqttUnitLink, PtySerialLink
+from agent.power import worker as worker_module
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.skipif(
@@ -150,3 +153,42 @@ def retained_cmd(broker, unit_id: str, interval: int) -> p.Frame | None:
     if not m.retain or frame.message().capture_interval_s != interval:
         return None
     return frame
+
+
+def test_a_burst_of_frames_from_a_unit_wakes_the_power_worker_once(
+    sysfs, sys_root, clock, make_worker
+):
+    """Every chunk of a capture calls unit_seen; only a unit's first frame after a silence may
+    rouse the worker (each wake reads every unit row): a burst costs one wake, not one per frame."""
+    from tests.power.conftest import power_config
+    from tests.power.test_technician import SYSFS, Sent
+
+    # one hand-moved clock for both: the test decides when the unit has been silent
+    worker = make_worker(power_config(sys_root, SYSFS), send_command=Sent(), monotonic=clock)
+    passes: list[float] = []
+    push_units = worker.push_units
+
+    def counted() -> int:
+        passes.append(clock())
+        return push_units()
+
+    worker.push_units = counted
+    stop = threading.Event()
+    loop = threading.Thread(target=worker.run, args=(stop,), name="power-test", daemon=True)
+    loop.start()
+    try:
+        wait_for(lambda: passes, timeout=10, what="the worker's first pass")
+        time.sleep(0.2)
+        before = len(passes)
+        for _ in range(40):  # a capture's frames, within one wake of the unit
+            worker.unit_seen("cam-1", "mqtt")
+            time.sleep(0.005)
+        time.sleep(0.3)
+        assert 1 <= len(passes) - before <= 2  # the new unit wakes it; the rest of the burst not
+        clock.advance(worker_module.WAKE_GAP_S + 1)  # the unit sleeps, then wakes again
+        before = len(passes)
+        worker.unit_seen("cam-1", "mqtt")
+        wait_for(lambda: len(passes) > before, timeout=5, what="the wake after a silence")
+    finally:
+        stop.set()
+        loop.join(5)
