@@ -191,6 +191,12 @@ _VACUUM_ON_OPEN_MAX = 256 << 20
 _WAL_AUTOCHECKPOINT_PAGES = 512
 _WAL_SIZE_LIMIT = 2 << 20
 _EVICT_STEP_BYTES = 1 << 20  # image bytes deleted per eviction transaction
+# Free space is looked at (statvfs, and a stat of the reserve) again after this long, or once the
+# estimate since the last look comes within _ROOM_SLACK_BYTES of the limit. The estimate counts
+# each capture three times over (its row, its WAL frames, the checkpoint's copy); a disk that fills
+# faster than that between looks still ends in SQLITE_FULL, which becomes StorageFull (a NAK).
+_ROOM_LOOK_S = 0.5
+_ROOM_SLACK_BYTES = 64 << 20
 
 
 class StoreError(RuntimeError):
@@ -250,6 +256,7 @@ class Store:
         self._lock = threading.RLock()
         self._pending_lock = threading.Lock()
         self._pending: list[_PendingCapture] = []
+        self._room: tuple[float, int] | None = None  # (when, spare bytes) at the last look
         self._local = threading.local()
         self.readonly = readonly
         if readonly:
@@ -972,8 +979,14 @@ class Store:
         return self.min_free_bytes + max(0, self.reserve.size - self.reserve.held)
 
     def _ensure_room(self, incoming: int) -> None:
-        if self.disk_free() - incoming >= self._room_needed():
+        if self._room_by_estimate(incoming):
             return
+        spare = self.disk_free() - incoming - self._room_needed()
+        if spare >= 0:
+            with self._pending_lock:
+                self._room = (time.monotonic(), spare)
+            return
+        self._room = None
         self.evict(target_bytes=max(0, self.image_bytes() - incoming - self.min_free_bytes))
         if self.disk_free() - incoming < self._room_needed():
             why = (
@@ -982,6 +995,19 @@ class Store:
             )
             self._note_disk_full(why)
             raise StorageFull(why)
+
+    def _room_by_estimate(self, incoming: int) -> bool:
+        """True when the last look at the disk, less what was added since, still leaves the slack:
+        statvfs for every capture was a tenth of ingest's Python time."""
+        with self._pending_lock:
+            if self._room is None:
+                return False
+            at, spare = self._room
+            spare -= 3 * incoming
+            if time.monotonic() - at > _ROOM_LOOK_S or spare < _ROOM_SLACK_BYTES:
+                return False
+            self._room = (at, spare)
+            return True
 
     def evict(self, target_bytes: int | None = None) -> int:
         """Drop image bytes until the buffer fits; return how many captures were evicted.
@@ -1100,6 +1126,7 @@ class Store:
 
     def _note_disk_full(self, why: str) -> None:
         """Raise storage_full: in memory at once, in the alarms table when the disk allows."""
+        self._room = None  # no estimate outlives a full disk: the next capture looks
         if self._disk_full is None:
             self._disk_full = (self.clock(), why)
             log.error("alarm storage_full: %s", why)

@@ -144,3 +144,28 @@ def test_readonly_view_cannot_write(tmp_path):
     assert ro.queue_summary()["pending"] == 1
     with pytest.raises(StoreError, match="read-only"):
         ro.add_capture(cap(ref="2"))
+
+
+def test_a_burst_of_captures_looks_at_the_disk_once_not_for_each(tmp_path, monkeypatch):
+    """statvfs and the reserve's stat for every capture were a tenth of ingest's Python time;
+    far from the limit the store counts down what it adds and looks again only now and then."""
+    store = Store(tmp_path / "b.db", min_free_bytes=0)
+    real = store.disk_free
+    assert real() > 1 << 30, "this test needs 1 GiB free where pytest puts its temp files"
+    looks: list[int] = []
+    monkeypatch.setattr(store, "disk_free", lambda: looks.append(1) or real())
+    for i in range(50):
+        store.add_capture(cap(ref=str(i)))
+    assert 1 <= len(looks) <= 2
+
+
+def test_near_the_free_space_limit_every_capture_looks_at_the_disk(tmp_path, monkeypatch):
+    real_free = Store(tmp_path / "probe.db").disk_free()
+    # a limit 16 MiB under what is free now: inside the slack, so no estimate is trusted
+    store = Store(tmp_path / "b.db", min_free_bytes=real_free - (16 << 20))
+    real = store.disk_free
+    looks: list[int] = []
+    monkeypatch.setattr(store, "disk_free", lambda: looks.append(1) or real())
+    for i in range(20):
+        store.add_capture(cap(ref=str(i)))
+    assert len(looks) >= 20
