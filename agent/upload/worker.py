@@ -236,9 +236,9 @@ class Uploader:
     def _work_at(self, name: str, budget_left: int | None) -> bool:
         """Settle doubts at `name`, then send batches there while nothing asks for a pause.
 
-        One batch is in flight (a sender thread) while the next one is read and encoded, so the
-        station's own work overlaps the endpoint's; the answer to one batch and the in-doubt marks
-        of the next are committed together.
+        One batch is in flight (a sender thread) while the station records the answer to the one
+        before, reads and encodes the next and marks it in doubt, so none of the station's own
+        work (two commits, the image reads) sits between one batch's answer and the next send.
         """
         try:
             settled = self._settled(self.settler.at(name))
@@ -250,8 +250,8 @@ class Uploader:
         if batch is None:
             return settled
         self.state = "uploading"
-        with self.store.transaction() as conn:  # durable before the first byte leaves
-            ledger.mark_in_doubt(conn, batch.endpoint, batch.sent, batch.batch_id, self.clock())
+        self._mark_in_doubt(batch)
+        answered: tuple[Batch, list[ItemResult]] | None = None  # answer not yet recorded
         while batch is not None:
             outcome = Outcome()
             sender = threading.Thread(
@@ -259,18 +259,37 @@ class Uploader:
             )
             sender.start()
             upcoming = None
-            if self._may_continue(name, budget_left):
-                upcoming = self.batches.prepare(name, None, frozenset(batch.ids))
-            sender.join()
+            try:
+                if answered is not None:
+                    self._apply(*answered)
+                    answered = None
+                if self._may_continue(name, budget_left):
+                    upcoming = self.batches.prepare(name, None, frozenset(batch.ids))
+                    if upcoming is not None:
+                        self._mark_in_doubt(upcoming)
+            finally:
+                sender.join()  # never leave a send running behind an error of ours
             if outcome.results is None:
+                if upcoming is not None:  # marked, never sent: no doubt about it
+                    self._undo_doubt(upcoming)
                 self._given_up(batch, outcome)
                 if isinstance(outcome.error, LinkHeld):  # the batch waits; no busy loop meanwhile
                     self.batches.budget_blocked = outcome.error.budget
                     return False
                 return True
-            self._apply(batch, outcome.results, upcoming)
+            answered = (batch, outcome.results)
             batch = upcoming
+        if answered is not None:
+            self._apply(*answered)
         return True
+
+    def _mark_in_doubt(self, batch: Batch) -> None:
+        with self.store.transaction() as conn:  # durable before the batch's first byte leaves
+            ledger.mark_in_doubt(conn, batch.endpoint, batch.sent, batch.batch_id, self.clock())
+
+    def _undo_doubt(self, batch: Batch) -> None:
+        with self.store.transaction() as conn:
+            ledger.undo_doubt(conn, batch.endpoint, batch.ids, batch.batch_id, self.clock())
 
     def _may_continue(self, name: str, budget_left: int | None) -> bool:
         """Keep sending to `name` without a full step (heartbeat, pause, window, primary back)?"""
@@ -300,8 +319,7 @@ class Uploader:
                 outcome.error,
             )
         if not outcome.in_doubt:
-            with self.store.transaction() as conn:
-                ledger.undo_doubt(conn, batch.endpoint, batch.ids, batch.batch_id, self.clock())
+            self._undo_doubt(batch)
         elif isinstance(outcome.error, EndpointError):
             log.warning(
                 "batch %s of %d captures is in doubt at %s; will ask it before resending",
@@ -312,9 +330,8 @@ class Uploader:
 
     # --- the apply step ------------------------------------------------------------------------
 
-    def _apply(self, batch: Batch, results: list[ItemResult], upcoming: Batch | None) -> None:
-        """Record the answer (held items uploaded, refused ones failed) and mark the next batch
-        in doubt, in one commit."""
+    def _apply(self, batch: Batch, results: list[ItemResult]) -> None:
+        """Record the answer: held items uploaded, refused ones failed, the day's traffic."""
         name, wire = batch.endpoint, batch.wire
         by_id = {r.capture_id: r for r in results}
         now = self.clock()
@@ -336,8 +353,6 @@ class Uploader:
                         conn, item.capture_id, f"{name}: {r.status}: {r.reason or 'no reason'}"
                     )
             ledger.add_traffic(conn, name, local_day(now), wire, items=acked)
-            if upcoming is not None:
-                ledger.mark_in_doubt(conn, name, upcoming.sent, upcoming.batch_id, now)
         self.metrics.bytes.labels(name).inc(wire)
         self.chooser.succeeded(name)
         self.batches.grow()
