@@ -5,8 +5,8 @@
 
 Raw baseline: the same batches, encoded before the clock starts, POSTed back-to-back with one
 `requests.Session` to the same server in the same run (a second station id, so the server does the
-same work). Prints drain rates and their ratio (goal >= 0.8), socket bytes per payload byte (goal
-<= 1.05 for full images), and the station's CPU seconds per 1,000 captures uploaded.
+same work). Prints drain rates and their ratio (goal >= 0.85), socket bytes per payload byte (goal
+<= 1.02 for full images), and the station's CPU seconds per 1,000 captures uploaded.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def main() -> None:
 
 
 def run(quick: bool) -> list[Figure]:
-    args = argparse.Namespace(captures=400 if quick else 10_000, size=50 * 1024, batch=50)
+    args = argparse.Namespace(captures=1000 if quick else 10_000, size=50 * 1024, batch=50)
     work = Path(tempfile.mkdtemp(prefix="bench-upload-"))
     try:
         f = drain(args, work)
@@ -246,7 +246,7 @@ token = "{token}"
             left = store.count_in_states(PENDING_STATES)
             if not left:
                 break
-            time.sleep(0.05)
+            time.sleep(0.005)  # a quick run drains in about a second: a coarse poll would skew it
         up_s = time.perf_counter() - t0
         up_cpu = cpu_seconds() - cpu0
         stop.set()
@@ -287,10 +287,10 @@ def report(figures: dict, args: argparse.Namespace) -> None:
         f"uploader drain            : {figures['uploader_captures_per_s']:>8} captures/s "
         f"({figures['uploader_mib_per_s']} MiB/s)"
     )
-    print(f"drain rate vs raw         : {figures['rate_ratio']:.3f}  (goal >= 0.8)")
+    print(f"drain rate vs raw         : {figures['rate_ratio']:.3f}  (goal >= 0.85)")
     print(
         f"bytes sent per payload byte: {figures['wire_sent_per_payload_byte']:.4f} "
-        f"(raw {figures['raw_wire_sent_per_payload_byte']:.4f}; goal <= 1.05); "
+        f"(raw {figures['raw_wire_sent_per_payload_byte']:.4f}; goal <= 1.02); "
         f"both directions {figures['wire_total_per_payload_byte']:.4f}"
     )
     print(
