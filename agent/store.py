@@ -535,12 +535,29 @@ class Store:
         Group commit: callers arriving while another commit is in flight are written together in
         the next transaction, so several links share one fsync instead of queueing for one each.
         """
-        self._ensure_room(len(capture.jpeg))
-        slot = _PendingCapture(capture)
+        (outcome,) = self.add_captures([capture])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def add_captures(self, captures: Sequence[Capture]) -> list[AddResult | BaseException]:
+        """Store captures durably, each once, in one commit with whatever else is waiting; return
+        each one's result, or the error that kept it out (StorageFull, a database error), in order.
+        Returns only after the commit is on disk."""
+        outcomes: list[AddResult | BaseException | None] = [None] * len(captures)
+        slots: list[tuple[int, _PendingCapture]] = []
+        for index, capture in enumerate(captures):
+            try:
+                self._ensure_room(len(capture.jpeg))
+            except StorageFull as exc:
+                outcomes[index] = exc
+                continue
+            slots.append((index, _PendingCapture(capture)))
         with self._pending_lock:
-            self._pending.append(slot)
+            self._pending.extend(slot for _, slot in slots)
         with self._lock:
-            if not slot.done:
+            # whoever held the lock before us committed our slots or left them all pending
+            if any(not slot.done for _, slot in slots):
                 with self._pending_lock:
                     batch, self._pending = self._pending, []
                 try:
@@ -553,12 +570,14 @@ class Store:
                         pending.error = error
                 for pending in batch:
                     pending.done = True
-        if slot.error is not None:
-            raise slot.error
-        assert slot.result is not None
-        if self._disk_full is not None:
+        stored = False
+        for index, slot in slots:
+            outcomes[index] = slot.error if slot.error is not None else slot.result
+            stored = stored or slot.error is None
+        if stored and self._disk_full is not None:  # a commit went through: the disk has room
             self._follow_disk()
-        return slot.result
+        assert all(o is not None for o in outcomes)
+        return [o for o in outcomes if o is not None]
 
     def _storage_error(self, exc: BaseException) -> BaseException:
         """A full disk becomes StorageFull: units keep their copy (NAK storage_full, HTTP 507)."""

@@ -11,14 +11,17 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from agent import protocol as p
 from agent.capture import Capture, IngestPath, TimeKindName
 from agent.config import IngestSection
 from agent.metrics import Metrics
-from agent.store import StorageFull, Store
+from agent.store import AddResult, StorageFull, Store
+
+if TYPE_CHECKING:
+    from agent.ingest.commits import CommitQueue
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ class Assembler:
         monotonic: Callable[[], float] = time.monotonic,
         on_unit: Callable[[str], None] | None = None,
         on_stored: Callable[[str, str, bool], None] | None = None,
-        committer: Executor | None = None,
+        committer: CommitQueue | None = None,
         chunk_limit: int = p.MAX_CHUNK,
         unit_config: Callable[[str], dict[str, int]] | None = None,
     ) -> None:
@@ -70,8 +73,8 @@ class Assembler:
         self.monotonic = monotonic
         self.on_unit = on_unit  # tells the station which link a unit is on (for commands)
         self.on_stored = on_stored  # (unit_id, capture_id, duplicate) after the ACK went out
-        # where the commit and ACK run: inline (serial: one thread per port) or a pool (MQTT:
-        # paho has one thread for every unit, and a pool lets their commits share an fsync)
+        # where the commit and ACK run: inline (serial: one thread per port) or a commit queue
+        # (MQTT: paho has one thread for every unit; the queue's commits take them all together)
         self.committer = committer
         # the largest chunk this link carries (MQTT broker packet size, frame payload limit)
         self.chunk_limit = chunk_limit
@@ -314,19 +317,24 @@ class Assembler:
         if not o.missing:
             self.open.pop(key)
             if self.committer is None:
-                self._complete(b, bytes(o.data))
+                self._store_and_ack(b, bytes(o.data))
             else:
-                self.committer.submit(self._complete, b, bytes(o.data))
-
-    def _complete(self, b: p.CaptureBegin, jpeg: bytes) -> None:
-        try:
-            self._store_and_ack(b, jpeg)
-        except Exception:  # a pool thread has nobody above it to report to
-            log.exception(
-                "%s: capture %s/%d could not be completed", self.link, b.unit_id, b.capture_id
-            )
+                self.committer.put(self, b, bytes(o.data))
 
     def _store_and_ack(self, b: p.CaptureBegin, jpeg: bytes) -> None:
+        capture = self.checked_capture(b, jpeg)
+        if capture is None:
+            return
+        started = time.perf_counter()
+        outcome: AddResult | BaseException
+        try:
+            outcome = self.store.add_capture(capture)
+        except Exception as exc:  # answered below: the unit keeps its copy and retries
+            outcome = exc
+        self.acknowledge(b, capture, outcome, started)
+
+    def checked_capture(self, b: p.CaptureBegin, jpeg: bytes) -> Capture | None:
+        """The reassembled capture, or None after a NAK when its bytes are not what BEGIN said."""
         actual = p.crc32(jpeg)
         if actual != b.image_crc32:
             self._refuse(
@@ -335,7 +343,7 @@ class Assembler:
                 "crc_mismatch",
                 f"image crc32 {actual:08x}, BEGIN said {b.image_crc32:08x}",
             )
-            return
+            return None
         if not p.is_jpeg(jpeg):
             self._refuse(
                 b.capture_id,
@@ -343,8 +351,8 @@ class Assembler:
                 "not_jpeg",
                 "bytes do not start with FF D8 and end with FF D9",
             )
-            return
-        capture = Capture(
+            return None
+        return Capture(
             unit_id=b.unit_id,
             unit_ref=str(b.capture_id),
             path=self.path,
@@ -354,16 +362,29 @@ class Assembler:
             unit_time_kind=TIME_KINDS.get(b.time_kind, "boot_ms"),
             trigger=TRIGGERS.get(b.trigger),
         )
-        started = time.perf_counter()
-        try:
-            result = self.store.add_capture(capture)
-        except StorageFull as exc:
-            self._refuse(b.capture_id, p.NakReason.STORAGE_FULL, "storage_full", str(exc))
+
+    def acknowledge(
+        self,
+        b: p.CaptureBegin,
+        capture: Capture,
+        outcome: AddResult | BaseException,
+        started: float,
+    ) -> None:
+        """ACK a stored capture (its commit is durable) or NAK one the store refused."""
+        if isinstance(outcome, StorageFull):
+            self._refuse(b.capture_id, p.NakReason.STORAGE_FULL, "storage_full", str(outcome))
             return
-        except Exception as exc:  # the unit keeps its copy and retries; we must not die here
-            log.exception("%s: storing capture %s/%d failed", self.link, b.unit_id, b.capture_id)
-            self._refuse(b.capture_id, p.NakReason.STORAGE_ERROR, "storage_error", str(exc))
+        if isinstance(outcome, BaseException):  # the unit keeps its copy and retries
+            log.error(
+                "%s: storing capture %s/%d failed",
+                self.link,
+                b.unit_id,
+                b.capture_id,
+                exc_info=outcome,
+            )
+            self._refuse(b.capture_id, p.NakReason.STORAGE_ERROR, "storage_error", str(outcome))
             return
+        result = outcome
         self.metrics.commit_seconds.set(time.perf_counter() - started)
         # the commit is durable: now, and only now, the unit may delete its copy
         self.send(p.Ack(b.capture_id, 1 if result.duplicate else 0))
@@ -371,7 +392,7 @@ class Assembler:
             self.metrics.captures.labels(self.path, "duplicate").inc()
         else:
             self.metrics.captures.labels(self.path, "stored").inc()
-            self.metrics.capture_bytes.labels(self.path).inc(len(jpeg))
+            self.metrics.capture_bytes.labels(self.path).inc(len(capture.jpeg))
             if result.id_reuse:
                 self.metrics.id_reuse.inc()
                 log.warning(

@@ -7,7 +7,6 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -22,6 +21,7 @@ from agent import protocol as p
 from agent.config import IngestSection, MqttSection, read_secret
 from agent.health import Alarm
 from agent.ingest.assembler import Assembler
+from agent.ingest.commits import CommitQueue
 from agent.metrics import Metrics
 from agent.store import Store
 
@@ -58,8 +58,8 @@ class MqttIngest:
         self._client: mqtt.Client | None = None
         self._lock = threading.Lock()  # paho's thread assembles, ours expires: one at a time
         # the MQTT PUBACK need not wait for the commit: the unit keeps its copy until our
-        # protocol ACK, which the pool sends after the durable commit
-        self._committer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mqtt-commit")
+        # protocol ACK, which the commit queue sends after the durable commit
+        self._committer = CommitQueue("mqtt-commit")
         self.connected = threading.Event()
         self.problem: str | None = None  # why we are not connected, while we are not
         self.chunk_limit = p.MAX_CHUNK  # lowered when the broker announces a maximum packet size
@@ -269,8 +269,8 @@ class MqttIngest:
                 client.disconnect()
             except Exception:
                 pass
-            self._committer.shutdown(wait=True)  # commits in flight finish before we stop
-            self._committer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mqtt-commit")
+            self._committer.shutdown()  # captures queued are stored and answered before we stop
+            self._committer = CommitQueue("mqtt-commit")
             for asm in self._assemblers.values():
                 asm.committer = self._committer
             for _ in range(10):  # disconnect() ends loop_forever; a racing reconnect undoes it
