@@ -277,6 +277,10 @@ class Uploader:
                     self.batches.budget_blocked = outcome.error.budget
                     return False
                 return True
+            # before the next send starts, so what it meets (a failure, a 413) counts after this
+            self.chooser.succeeded(name)
+            self.chooser.last_error = None
+            self.batches.grow()
             answered = (batch, outcome.results)
             batch = upcoming
         if answered is not None:
@@ -354,8 +358,6 @@ class Uploader:
                     )
             ledger.add_traffic(conn, name, local_day(now), wire, items=acked)
         self.metrics.bytes.labels(name).inc(wire)
-        self.chooser.succeeded(name)
-        self.batches.grow()
         self.last_batch_at = now
         left, left_bytes = self._backlog()
         log.info(
@@ -367,7 +369,6 @@ class Uploader:
             left,
             left_bytes,
         )
-        self.chooser.last_error = None
 
     def _fail_capture(self, conn: sqlite3.Connection, capture_id: str, reason: str) -> None:
         if self.store.fail_pending(conn, capture_id, reason):
