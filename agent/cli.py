@@ -114,17 +114,22 @@ STATUS_ALARM = 1  # the daemon runs, but something is unwell (the alarms say wha
 STATUS_DOWN = 3  # the daemon does not answer on http.listen
 STATUS_EXIT_CODES = """exit status:
   0  the daemon runs and nothing is unwell
-  1  the daemon runs with alarms (a port, the broker, a model, an endpoint, a worker)
+  1  the daemon runs with alarms (a port, the broker, a model, an endpoint, a worker, or a
+     buffer that refuses captures or is over its quota)
   2  the config or the buffer cannot be read
   3  the daemon is not reachable (the buffer is still shown)"""
+# buffer alarms that last while their cause does and clear with it (database_recovered is a
+# record of what happened at a start, not a state: it is shown but leaves the exit code alone)
+UNWELL_BUFFER_ALARMS = ("storage_full", "storage_quota")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     config, store, found_by = _open_readonly(args)
     summary = store.queue_summary()
     units = [dict(u) for u in store.units()]
-    alarms = store.alarms()
     daemon = daemon_status(config)
+    # the daemon's view first: a full disk may refuse even the alarm's row, not its memory
+    alarms = daemon["alarms"] if daemon and "alarms" in daemon else store.alarms()
     doc = {
         "station_id": config.station_id,
         "buffer": str(store.path),
@@ -135,7 +140,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         "units": units,
     }
     health = (daemon or {}).get("health", [])
-    code = STATUS_DOWN if daemon is None else STATUS_ALARM if health else 0
+    unwell = health or any(a["kind"] in UNWELL_BUFFER_ALARMS for a in alarms)
+    code = STATUS_DOWN if daemon is None else STATUS_ALARM if unwell else 0
     if args.json:
         print(json.dumps(doc, indent=2, default=str))
         return code

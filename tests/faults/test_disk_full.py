@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,6 +99,35 @@ def test_station_starts_on_a_full_disk_and_recovers_by_itself(tmp_path):
                 20,
                 "the storage alarm to clear",
             )
+        finally:
+            station.stop()
+
+
+def status_of(station) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", "status", "--data-dir", str(station.config.station.data_dir),
+         "--http", station.config.http.listen],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_status_says_unwell_while_the_disk_refuses_captures(tmp_path):
+    """A monitoring script that runs `fieldstation status` learns of a full disk by its exit code,
+    not only by reading the alarm lines; once space comes back it is 0 again."""
+    with tmpfs(tmp_path / "disk", "4m") as disk:
+        extra = 'min_free_bytes = "512 KiB"\nreserve_bytes = "1 MiB"\nevict_interval_s = 1'
+        station = Station(station_config(disk, extra))
+        station.start()
+        try:
+            assert status_of(station).returncode == 0
+            filler = fill(disk)
+            assert upload(station, 1).status_code == 507
+            shown = status_of(station)
+            assert shown.returncode == 1, shown.stdout + shown.stderr
+            assert "storage_full" in shown.stdout
+            filler.unlink()
+            wait_for(lambda: upload(station, 2).status_code == 201, 20, "captures accepted again")
+            wait_for(lambda: status_of(station).returncode == 0, 30, "status to say all is well")
         finally:
             station.stop()
 
