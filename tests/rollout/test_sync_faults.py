@@ -280,6 +280,22 @@ def test_goldens_that_do_not_reproduce_are_refused(tmp_path, cloud_env):
     assert "self-test 0 failed" in rig.fails("2.0.0")
 
 
+def test_a_version_that_disagrees_with_the_active_one_on_live_captures_is_refused(
+    tmp_path, cloud_env
+):
+    """The shadow run: the blob detector passes its own self-test but calls every animal scene
+    the active model finds empty; the card asks for 80% agreement, so it never goes live."""
+    rig = Rig(tmp_path, cloud_env).with_v1()
+    for n, seed in enumerate(fleet.ANIMAL_SEEDS[:4]):
+        rig.store.add_capture(Capture("cam-1", str(n), "http", fleet.scene(seed), time.time()))
+    rig.publish("2.0.0", base="blob-yolo-cn", card_changes={"min_agreement": 0.8})
+    rig.roll("2.0.0")
+    reason = rig.fails("2.0.0")
+    assert "agrees with the active model on 0% of 4 captures, below the 80% required" in reason
+    assert "2.0.0" in rig.sync.versions.refused()
+    assert rig.sync.status()["shadow"]["disagreements"]  # which captures, for the technician
+
+
 def test_budget_windows_and_power_make_it_wait_not_fail(tmp_path, cloud_env):
     rig = Rig(tmp_path, cloud_env).with_v1()
     rig.publish("2.0.0")
