@@ -570,14 +570,14 @@ class Store:
                         pending.error = error
                 for pending in batch:
                     pending.done = True
-        stored = False
         for index, slot in slots:
             outcomes[index] = slot.error if slot.error is not None else slot.result
-            stored = stored or slot.error is None
+        stored = any(slot.error is None for _, slot in slots)
         if stored and self._disk_full is not None:  # a commit went through: the disk has room
             self._follow_disk()
-        assert all(o is not None for o in outcomes)
-        return [o for o in outcomes if o is not None]
+        done = [o for o in outcomes if o is not None]
+        assert len(done) == len(captures), "every capture gets a result or an error"
+        return done
 
     def _storage_error(self, exc: BaseException) -> BaseException:
         """A full disk becomes StorageFull: units keep their copy (NAK storage_full, HTTP 507)."""
@@ -1005,7 +1005,6 @@ class Store:
             with self._pending_lock:
                 self._room = (time.monotonic(), spare)
             return
-        self._room = None
         self.evict(target_bytes=max(0, self.image_bytes() - incoming - self.min_free_bytes))
         if self.disk_free() - incoming < self._room_needed():
             why = (

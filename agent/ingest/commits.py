@@ -16,6 +16,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from agent import protocol as p
+from agent.store import Store
 
 if TYPE_CHECKING:
     from agent.ingest.assembler import Assembler
@@ -26,7 +27,8 @@ log = logging.getLogger(__name__)
 class CommitQueue:
     """`put` a reassembled capture; a thread checks, stores and answers it with its neighbours."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, store: Store, name: str) -> None:
+        self.store = store
         self.name = name
         self._jobs: deque[tuple[Assembler, p.CaptureBegin, bytes]] = deque()
         self._ready = threading.Condition()
@@ -62,8 +64,7 @@ class CommitQueue:
             except Exception:  # the thread must outlive a bad batch: the units resend on NAK
                 log.exception("%s: %d captures could not be completed", self.name, len(jobs))
 
-    @staticmethod
-    def _commit(jobs: list[tuple[Assembler, p.CaptureBegin, bytes]]) -> None:
+    def _commit(self, jobs: list[tuple[Assembler, p.CaptureBegin, bytes]]) -> None:
         checked = []
         for assembler, begin, jpeg in jobs:
             capture = assembler.checked_capture(begin, jpeg)
@@ -71,10 +72,9 @@ class CommitQueue:
                 checked.append((assembler, begin, capture))
         if not checked:
             return
-        store = checked[0][0].store
         started = time.perf_counter()
         try:
-            outcomes = store.add_captures([capture for _, _, capture in checked])
+            outcomes = self.store.add_captures([capture for _, _, capture in checked])
         except Exception as exc:  # every capture of the commit shares its fate
             outcomes = [exc] * len(checked)
         for (assembler, begin, capture), outcome in zip(checked, outcomes, strict=True):

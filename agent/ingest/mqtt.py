@@ -59,7 +59,7 @@ class MqttIngest:
         self._lock = threading.Lock()  # paho's thread assembles, ours expires: one at a time
         # the MQTT PUBACK need not wait for the commit: the unit keeps its copy until our
         # protocol ACK, which the commit queue sends after the durable commit
-        self._committer = CommitQueue("mqtt-commit")
+        self._committer = CommitQueue(store, "mqtt-commit")
         self.connected = threading.Event()
         self.problem: str | None = None  # why we are not connected, while we are not
         self.chunk_limit = p.MAX_CHUNK  # lowered when the broker announces a maximum packet size
@@ -270,7 +270,7 @@ class MqttIngest:
             except Exception:
                 pass
             self._committer.shutdown()  # captures queued are stored and answered before we stop
-            self._committer = CommitQueue("mqtt-commit")
+            self._committer = CommitQueue(self.store, "mqtt-commit")
             for asm in self._assemblers.values():
                 asm.committer = self._committer
             for _ in range(10):  # disconnect() ends loop_forever; a racing reconnect undoes it

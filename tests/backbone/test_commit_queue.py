@@ -72,7 +72,7 @@ def store(tmp_path: Path):
 def test_captures_waiting_on_a_commit_share_the_next_one(store, monkeypatch):
     held = HeldFirstCommit(store)
     monkeypatch.setattr(store, "add_captures", held)
-    queue = CommitQueue("test-commit")
+    queue = CommitQueue(store, "test-commit")
     units = {f"cam-{i}": Unit() for i in range(6)}
     links = {name: assembler(store, unit, name) for name, unit in units.items()}
     try:
@@ -94,7 +94,7 @@ def test_captures_waiting_on_a_commit_share_the_next_one(store, monkeypatch):
 
 
 def test_a_lost_link_costs_no_other_unit_its_ack(store):
-    queue = CommitQueue("test-commit")
+    queue = CommitQueue(store, "test-commit")
     gone, here = Unit(lost=True), Unit()
     a, b = assembler(store, gone, "gone"), assembler(store, here, "here")
     ja, jb = scene_jpeg(1, (64, 48)), scene_jpeg(2, (64, 48))
@@ -106,7 +106,7 @@ def test_a_lost_link_costs_no_other_unit_its_ack(store):
 
 
 def test_a_damaged_capture_is_refused_and_its_neighbours_stored(store):
-    queue = CommitQueue("test-commit")
+    queue = CommitQueue(store, "test-commit")
     bad, good = Unit(), Unit()
     jpeg = scene_jpeg(3, (64, 48))
     rotten = begin("bad", 1, jpeg)
