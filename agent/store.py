@@ -504,18 +504,30 @@ class Store:
     # --- transactions --------------------------------------------------------------------------
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction; when the block returns, the commit is durable (synchronous=FULL)."""
+    def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction; when the block returns, the commit is durable (synchronous=FULL).
+
+        `durable=False` is for what the station can redo or settle if a power cut takes it (an
+        analysis is run again, an upload answer is settled by lookup from its durable doubt): the
+        commit is atomic but not fsynced (WAL, synchronous=NORMAL). The next durable commit's
+        fsync covers it, so it never outlives a later durable change nor lands after one.
+        """
         if self.readonly:
             raise StoreError("this buffer was opened read-only")
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            if not durable:
+                self._conn.execute("PRAGMA synchronous = NORMAL")
             try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                _rollback(self._conn)
-                raise
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    _rollback(self._conn)
+                    raise
+            finally:
+                if not durable:
+                    self._conn.execute("PRAGMA synchronous = FULL")
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -851,8 +863,10 @@ class Store:
         summary: dict[str, Any],
         blurred: bytes | None = None,
     ) -> None:
-        """One durable transaction: detections in, capture marked analysed (and empty or not)."""
-        with self.transaction() as conn:
+        """One transaction: detections in, capture marked analysed (and empty or not). Not
+        fsynced: a power cut may take it, and the capture is analysed again (it stays received,
+        so it is not uploaded meanwhile)."""
+        with self.transaction(durable=False) as conn:
             conn.execute("DELETE FROM detections WHERE capture_id = ?", (capture_id,))
             for d in detections:
                 parent = _insert_detection(conn, capture_id, d, None)

@@ -5,12 +5,15 @@
     python bench/bench_e2e.py --captures 300   # a quick run
     python bench/bench_e2e.py --inference      # with the demo detector on every capture
 
-Figures: captures/s from the first send until the station has every capture uploaded, and CPU
-seconds per capture over all processes (units, station, cloud). Raw baseline, measured in the same
-run on the same JPEGs: the sum of the raw stages one capture passes through — its framed bytes
-through a pty, one sqlite3 insert and commit (WAL, synchronous=FULL), the model's raw
-`Interpreter.invoke()` when --inference, and an HTTP POST of its bytes (in batches as the uploader
-sends them) to a bare socket server that reads the body and answers.
+Figures: captures/s from the first send until the station has every capture uploaded; the
+station's CPU per capture (the battery's cost, judged against its goal with the detector on); and
+CPU per capture over all processes (units, station, cloud). Raw baseline, measured in the same run
+on the same JPEGs: the sum of the raw stages one capture passes through — its framed bytes
+through a pty, one sqlite3 insert and commit (WAL, synchronous=FULL), the decode and the model's
+raw `Interpreter.invoke()` when --inference, and an HTTP POST of its bytes (in batches as the
+uploader sends them) to a bare socket server that reads the body and answers. The station's
+baseline is the station's side of those stages (the pty's reading end, the insert, decode +
+invoke, the POSTing client), each thread's CPU counted on its own; the whole chain's is both sides.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import tempfile
 import threading
 import time
 import tty
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -40,7 +44,7 @@ from agent import protocol as p  # noqa: E402
 from agent.broker import PrivateBroker, free_port  # noqa: E402
 from agent.esp32.virtual import MqttUnitLink, PtySerialLink, VirtualUnit  # noqa: E402
 from agent.scenes import scene_jpeg  # noqa: E402
-from bench.figures import Figure  # noqa: E402
+from bench.figures import Figure, at_most  # noqa: E402
 from cloud.process import CloudService  # noqa: E402
 
 STATION = "bench-e2e"
@@ -72,7 +76,10 @@ def chain(images: list[bytes], n: int, work: Path, inference: bool) -> dict[str,
         token = cloud.add_station(STATION)
         port = free_port()
         detector = (
+            # the demo detector alone: the privacy finders (HOG on by default) are a stage the
+            # goal's raw stages do not have; bench_inference measures them on their own
             f'[inference]\ndetector = "{MODEL}"\nthreads = 1\npoll_interval_s = 0.05\n'
+            'person_policy = "keep"\n'
             if inference
             else "[inference]\nenabled = false\n"
         )
@@ -96,6 +103,7 @@ enabled = false
 [upload]
 batch_max_items = {BATCH}
 idle_poll_s = 0.05
+linger_s = 0.25
 heartbeat_interval_s = 0
 empty_policy = "full"
 [[upload.endpoints]]
@@ -119,8 +127,8 @@ token = "{token}"
         while not all(status.get("links", {}).values()) and time.monotonic() < deadline:
             time.sleep(0.1)
             status = _wait_status(base, station)
-        procs = [psutil.Process(station.pid), psutil.Process(cloud.process.pid)]
-        cpu0 = sum(cpu_of(pr) for pr in procs) + cpu_self()
+        station_proc, cloud_proc = psutil.Process(station.pid), psutil.Process(cloud.process.pid)
+        cpu0 = (cpu_of(station_proc), cpu_of(cloud_proc), cpu_self())
         t0 = time.perf_counter()
         share = [n // len(units) + (1 if i < n % len(units) else 0) for i in range(len(units))]
         failed: list[str] = []
@@ -145,10 +153,22 @@ token = "{token}"
                 break
             time.sleep(0.05)
         elapsed = time.perf_counter() - t0
-        cpu = sum(cpu_of(pr) for pr in procs) + cpu_self() - cpu0
+        used = [
+            after - before
+            for after, before in zip(
+                (cpu_of(station_proc), cpu_of(cloud_proc), cpu_self()), cpu0, strict=True
+            )
+        ]
         if failed:
             raise RuntimeError(f"{len(failed)} captures not acknowledged")
-        return {"captures_per_s": n / elapsed, "cpu_s_per_capture": cpu / n, "seconds": elapsed}
+        return {
+            "captures_per_s": n / elapsed,
+            "cpu_s_per_capture": sum(used) / n,
+            "station_cpu_s_per_capture": used[0] / n,
+            "cloud_cpu_s_per_capture": used[1] / n,
+            "units_cpu_s_per_capture": used[2] / n,
+            "seconds": elapsed,
+        }
     finally:
         for unit in units:
             unit.close()
@@ -181,8 +201,9 @@ def _wait_status(base: str, station: subprocess.Popen[bytes]) -> dict:
 # --- the raw stages -------------------------------------------------------------------------------
 
 
-def raw_pty(images: list[bytes], n: int) -> None:
-    """Each capture's frames written into a pty while a thread reads them on the other side."""
+def raw_pty(images: list[bytes], n: int) -> float:
+    """Each capture's frames written into a pty while a thread reads them on the other side;
+    returns the reading thread's CPU seconds (the station's side)."""
     master, slave = os.openpty()
     tty.setraw(slave)
     frames = [
@@ -193,14 +214,16 @@ def raw_pty(images: list[bytes], n: int) -> None:
         for i in range(n)
     ]  # encoded before the clock matters as little as the unit's own encoding does
     total = sum(map(len, frames))
+    reader_cpu: list[float] = []
 
     def read_all() -> None:
-        got = 0
+        got, c0 = 0, time.thread_time()
         while got < total:
             chunk = os.read(slave, 65536)
             if not chunk:
-                return
+                break
             got += len(chunk)
+        reader_cpu.append(time.thread_time() - c0)
 
     reader = threading.Thread(target=read_all, daemon=True)
     reader.start()
@@ -213,6 +236,7 @@ def raw_pty(images: list[bytes], n: int) -> None:
     finally:
         os.close(master)
         os.close(slave)
+    return reader_cpu[0] if reader_cpu else 0.0
 
 
 def raw_sqlite(images: list[bytes], n: int, work: Path) -> None:
@@ -241,14 +265,17 @@ def raw_invoke(images: list[bytes], n: int) -> None:
     inp = it.get_input_details()[0]
     _, h, w, _ = inp["shape"]
     for i in range(n):
-        im = Image.open(io.BytesIO(images[i % len(images)])).convert("RGB").resize((w, h))
+        im = Image.open(io.BytesIO(images[i % len(images)]))
+        im.draft("RGB", (w, h))  # the raw way to decode small, as bench_inference's raw decode
+        im = im.convert("RGB").resize((w, h))
         arr = np.asarray(im, dtype=inp["dtype"])[None]
         it.set_tensor(inp["index"], arr)
         it.invoke()
 
 
-def raw_http(images: list[bytes], n: int) -> None:
-    """Batches of the same bytes POSTed to a bare server that reads each body and answers."""
+def raw_http(images: list[bytes], n: int) -> float:
+    """Batches of the same bytes POSTed to a bare server that reads each body and answers;
+    returns the POSTing thread's CPU seconds (the station's side)."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(8)
@@ -273,33 +300,40 @@ def raw_http(images: list[bytes], n: int) -> None:
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
+    c0 = time.thread_time()
     with requests.Session() as s:
         for i in range(0, n, BATCH):
             body = b"".join(images[k % len(images)] for k in range(i, min(n, i + BATCH)))
             s.post(f"http://127.0.0.1:{port}/batch", data=body, timeout=30).raise_for_status()
+    client_cpu = time.thread_time() - c0
     stop.set()
     srv.close()
+    return client_cpu
 
 
 def raw(images: list[bytes], n: int, work: Path, inference: bool) -> dict[str, float]:
-    stages = {
+    """Each stage returns the station side's CPU seconds, or None when the station does all of it."""
+    stages: dict[str, Callable[[], float | None]] = {
         "pty": lambda: raw_pty(images, n),
         "sqlite": lambda: raw_sqlite(images, n, work),
         "http": lambda: raw_http(images, n),
     }
     if inference:
         stages["invoke"] = lambda: raw_invoke(images, n)
-    wall = cpu = 0.0
+    wall = cpu = station = 0.0
     per: dict[str, float] = {}
     for name, stage in stages.items():
         c0, t0 = cpu_self(), time.perf_counter()
-        stage()
+        side = stage()
         per[name] = (time.perf_counter() - t0) / n
         wall += time.perf_counter() - t0
-        cpu += cpu_self() - c0
+        used = cpu_self() - c0
+        cpu += used
+        station += used if side is None else side
     return {
         "captures_per_s": n / wall,
         "cpu_s_per_capture": cpu / n,
+        "station_cpu_s_per_capture": station / n,
         **{f"{k}_ms": v * 1000 for k, v in per.items()},
     }
 
@@ -317,7 +351,8 @@ def measure(n: int, inference: bool) -> dict[str, dict[str, float]]:
 
 def figures(m: dict[str, dict[str, float]], n: int, inference: bool) -> list[Figure]:
     what = "units → station" + (" → inference" if inference else "") + " → cloud"
-    stages = "pty + sqlite3 commit" + (" + invoke" if inference else "") + " + HTTP POST"
+    stages = "pty + sqlite3 commit" + (" + decode + invoke" if inference else "") + " + HTTP POST"
+    chain, base = m["chain"], m["raw"]
     return [
         Figure(
             f"whole chain, {n:,} captures ({what})",
@@ -327,19 +362,30 @@ def figures(m: dict[str, dict[str, float]], n: int, inference: bool) -> list[Fig
             f"sum of raw stages: {stages}",
         ),
         Figure(
-            "whole chain CPU per capture (units, station, cloud)",
-            m["chain"]["cpu_s_per_capture"] * 1000,
+            f"station CPU per capture, in → uploaded ({what})",
+            chain["station_cpu_s_per_capture"] * 1000,
             "ms",
-            m["raw"]["cpu_s_per_capture"] * 1000,
-            f"sum of raw stages: {stages}",
+            base["station_cpu_s_per_capture"] * 1000,
+            f"the station's side of the raw stages: {stages}",
+            # the goal is set with the demo detector on (issue: energy per capture)
+            goal=at_most(1.5) if inference else None,
+        ),
+        Figure(
+            "whole chain CPU per capture (units, station, cloud)"
+            f" — units {chain['units_cpu_s_per_capture'] * 1000:.2f} ms,"
+            f" cloud {chain['cloud_cpu_s_per_capture'] * 1000:.2f} ms",
+            chain["cpu_s_per_capture"] * 1000,
+            "ms",
+            base["cpu_s_per_capture"] * 1000,
+            f"sum of raw stages, both sides: {stages}",
         ),
     ]
 
 
 def run(quick: bool) -> list[Figure]:
-    """Quick: 300 captures without inference; full: 3,000 without and 1,000 with the detector."""
+    """Quick: 300 captures with the detector; full: 3,000 without and 1,000 with it."""
     if quick:
-        return figures(measure(300, False), 300, False)
+        return figures(measure(300, True), 300, True)
     return [*figures(measure(3000, False), 3000, False), *figures(measure(1000, True), 1000, True)]
 
 

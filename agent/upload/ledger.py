@@ -63,8 +63,8 @@ def candidates(
     other_marks = ",".join("?" * len(others)) or "NULL"
     sql = f"""
         SELECT c.id, c.unit_id, c.path, c.sha256, c.size, c.received_at, c.captured_at,
-               c.unit_time, c.unit_time_kind, c.trigger, c.meta, c.state, c.empty,
-               c.upload_variant, rank, held_here, phase
+               c.unit_time, c.unit_time_kind, c.trigger, c.meta, c.state, c.state_changed_at,
+               c.empty, c.upload_variant, rank, held_here, phase
         FROM (
             SELECT c.*,
                 (SELECT held_variant FROM upload_deliveries u

@@ -113,6 +113,15 @@ class UploadSection:
     idle_poll_s: float = opt(
         5.0, help="how often an idle uploader looks for new captures", min=0.05, max=3600
     )
+    # Each request costs the station two durable commits, a thread and an HTTP exchange whatever
+    # its size: while captures trickle in, one request per linger_s instead of one per capture.
+    linger_s: float = opt(
+        1.0,
+        help="while captures trickle in, a batch that could still grow waits this long after the "
+        "last one (unless its oldest capture has waited as long); 0 = send at once",
+        min=0,
+        max=3600,
+    )
     heartbeat_interval_s: float = opt(
         300.0, help="seconds between heartbeats; 0 = none", min=0, max=86400
     )

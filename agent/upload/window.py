@@ -49,6 +49,7 @@ class BatchWindow:
         fail: FailCapture,
         monotonic: Callable[[], float] = time.monotonic,
         rotted: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -58,9 +59,12 @@ class BatchWindow:
         self.fail = fail
         self.rotted = rotted  # counts captures whose original no longer matches its sha256
         self.monotonic = monotonic
+        self.clock = clock  # the wall clock captures' received_at is on
         self.max_items = settings.batch_max_items  # halved after a 400/413, grows back on success
         self.budget_blocked = False  # the last batch stopped at a capture the budget cannot fit
         self._window: tuple[str, float, list[sqlite3.Row]] | None = None
+        self._last_batch: float | None = None  # monotonic time the last batch was prepared
+        self.lingering: float | None = None  # seconds until a lingering batch goes anyway
 
     def forget(self) -> None:
         """Rank afresh next time (after a restart, a failed batch or settled doubts)."""
@@ -68,9 +72,11 @@ class BatchWindow:
 
     def prepare(self, name: str, budget_left: int | None, exclude: frozenset[str]) -> Batch | None:
         """The next batch for `name`, encoded; None when nothing (that fits) is waiting."""
+        self.lingering = None
         items = self._next_items(name, budget_left, exclude)
         if not items:
             return None
+        self._last_batch = self.monotonic()
         body, content_type = encode(self.station_id, items)
         ep = self.endpoints[name]
         wire = len(body) + overhead(ep.url, content_type, len(body), ep.token_len)
@@ -99,6 +105,8 @@ class BatchWindow:
         if budget_left is not None:
             cap = min(cap, budget_left)
         rows = self._candidates(name, exclude)
+        if self._lingers(rows, cap):
+            return []
         detections = ledger.detections_for(
             self.store, [r["id"] for r in rows if r["state"] != "received"]
         )
@@ -134,6 +142,24 @@ class BatchWindow:
         if self._window is not None:
             self._window = (*self._window[:2], [r for r in self._window[2] if r["id"] not in taken])
         return items
+
+    def _lingers(self, rows: list[sqlite3.Row], cap: int) -> bool:
+        """Nagle's rule for batches: a batch that could still grow (fewer items than a batch
+        holds, fewer bytes than the cap) waits while the last batch left less than linger_s ago
+        and its first capture became ready (stored, or analysed) less than that ago. The first
+        capture after a quiet spell and a backlog (old captures, full batches) go at once; a
+        trickle goes once per linger_s."""
+        linger = self.settings.linger_s
+        if not linger or not rows or self._last_batch is None or len(rows) >= self.max_items:
+            return False
+        if sum(int(r["size"]) + 1024 for r in rows) >= cap:
+            return False
+        since_last = self.monotonic() - self._last_batch
+        age = self.clock() - min(float(r["state_changed_at"]) for r in rows)
+        if since_last >= linger or age >= linger:
+            return False
+        self.lingering = min(linger - since_last, linger - age)
+        return True
 
     def _candidates(self, name: str, exclude: frozenset[str]) -> list[sqlite3.Row]:
         """The next candidates in value order, from a short-lived window of several batches."""

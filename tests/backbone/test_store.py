@@ -169,3 +169,21 @@ def test_near_the_free_space_limit_every_capture_looks_at_the_disk(tmp_path, mon
     for i in range(20):
         store.add_capture(cap(ref=str(i)))
     assert len(looks) >= 20
+
+
+def test_only_a_transaction_asked_not_to_be_durable_skips_the_fsync(tmp_path):
+    """durable=False commits at synchronous=NORMAL (no fsync in WAL mode) and puts FULL back,
+    also after an error; every other transaction, acknowledgements' included, stays at FULL."""
+    store = Store(tmp_path / "b.sqlite3")
+    full, normal = 2, 1
+    with store.transaction() as conn:
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == full
+        conn.execute("CREATE TABLE notes (key TEXT, value TEXT)")
+    with store.transaction(durable=False) as conn:
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == normal
+        conn.execute("INSERT INTO notes (key, value) VALUES ('k', 'v')")
+    with pytest.raises(RuntimeError), store.transaction(durable=False) as conn:
+        raise RuntimeError("a failure inside")
+    with store.transaction() as conn:
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == full
+        assert conn.execute("SELECT value FROM notes WHERE key = 'k'").fetchone()[0] == "v"

@@ -6,10 +6,15 @@ import email.parser
 import hashlib
 import json
 
+import pytest
+
+from agent.config import load_config
 from agent.store import Store
 from agent.upload import ledger
 from agent.upload.batch import build_item, encode
-from tests.upload.upload_helpers import add_captures, analyse
+from agent.upload.client import SyncEndpoint
+from agent.upload.window import BatchWindow
+from tests.upload.upload_helpers import NAMES, add_captures, analyse, upload_toml
 
 ENDPOINTS = ["aws", "azure", "gcp"]
 
@@ -128,3 +133,72 @@ def test_multipart_body_carries_the_manifest_and_each_image(tmp_path):
     payload = sum(i.nbytes for i in items)
     # framing and manifest cost a few hundred bytes per item, whatever the image size
     assert len(body) - payload < 800 * len(items)
+
+
+def _window(tmp_path, store: Store, times: dict[str, float], **upload) -> BatchWindow:
+    """A batch window on `store` whose clocks read `times` ("mono", "wall")."""
+    path = tmp_path / "station.toml"
+    urls = {n: f"http://127.0.0.1:9/{n}" for n in NAMES}
+    path.write_text(upload_toml("st-linger", {n: "t" for n in NAMES}, urls, **upload))
+    settings = load_config(path).upload
+    endpoints = {ep.name: SyncEndpoint(ep, "t") for ep in settings.endpoints}
+    return BatchWindow(
+        store,
+        settings,
+        "st-linger",
+        endpoints,
+        ("received", "analysed"),
+        lambda conn, capture_id, reason: None,
+        monotonic=lambda: times["mono"],
+        clock=lambda: times["wall"],
+    )
+
+
+def test_a_trickle_lingers_into_one_batch_while_the_first_and_a_backlog_go_at_once(tmp_path):
+    born = 1_780_000_000.0
+    times = {"mono": 100.0, "wall": born + 0.1}
+    # a capture is ready for upload from its analysis (the store's clock), not its arrival
+    store = Store(tmp_path / "b.sqlite3", clock=lambda: times["wall"])
+    received = add_captures(store, 1, kinds=["received"])  # arrived long ago, analysed now
+    times["wall"] = born + 100.1
+    analyse(store, received[0], "animal")
+    window = _window(tmp_path, store, times, batch_max_items=8, linger_s=1.0)
+    first = window.prepare("aws", None, frozenset())
+    assert first is not None and len(first.items) == 1  # after a quiet spell: at once
+    # two more trickle in a moment later: they wait for the linger, and say how long
+    times.update(mono=100.1, wall=born + 100.2)
+    add_captures(store, 2, start=1)
+    times.update(mono=100.2, wall=born + 100.3)
+    window.forget()
+    assert window.prepare("aws", None, frozenset(first.ids)) is None
+    assert window.lingering == pytest.approx(0.8)
+    # once linger_s has passed since the last batch they go, together
+    times.update(mono=101.0, wall=born + 100.4)
+    window.forget()
+    together = window.prepare("aws", None, frozenset(first.ids))
+    assert together is not None and len(together.items) == 2 and window.lingering is None
+    # a backlog (captures older than linger_s) and a full batch never wait
+    add_captures(store, 3, start=3)
+    times.update(mono=101.1, wall=born + 110)
+    window.forget()
+    done = frozenset(first.ids) | frozenset(together.ids)
+    backlog = window.prepare("aws", None, done)
+    assert backlog is not None and len(backlog.items) == 3
+    add_captures(store, 8, start=6)
+    times.update(mono=101.2, wall=born + 110.1)
+    window.forget()
+    full = window.prepare("aws", None, done | frozenset(backlog.ids))
+    assert full is not None and len(full.items) == 8
+
+
+def test_linger_zero_sends_every_capture_at_once(tmp_path):
+    store = Store(tmp_path / "b.sqlite3")
+    times = {"mono": 100.0, "wall": 1_780_000_000.1}
+    window = _window(tmp_path, store, times, linger_s=0)
+    add_captures(store, 1)
+    first = window.prepare("aws", None, frozenset())
+    assert first is not None
+    add_captures(store, 1, start=1)
+    times.update(mono=100.01, wall=1_780_000_001.1)
+    window.forget()
+    assert window.prepare("aws", None, frozenset(first.ids)) is not None
