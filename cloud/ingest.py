@@ -4,6 +4,9 @@ Idempotency is by (station, capture_id) with the original JPEG's sha256. Images 
 object store *before* their row is inserted, under a key that includes the image's own sha256, so
 a row never points at a missing image and a racing or conflicting upload never overwrites another
 capture's image (at worst it leaves an orphan object, which is deleted).
+
+`check` is CPU only (parsing, per-item validation, digests); `commit` does the store and database
+writes, for every batch waiting at once (cloud/commits.py runs it on one thread).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from agent.upload.manifest import MANIFEST_PART, VARIANT_RANK
+from cloud.commits import CommitQueue
 from cloud.db import CaptureRow, Database
 from cloud.metrics import ServiceMetrics
 from cloud.multipart import MultipartError, Part, PartTooLarge, parse_parts
@@ -44,6 +48,15 @@ class _Pending:
     image: memoryview | None  # a slice of the request body: never copied on the way to disk
     image_sha256: str | None
     image_key: str | None
+
+
+@dataclass
+class CheckedBatch:
+    """A batch whose items were checked one by one; `pending` are those left to store."""
+
+    station_id: str
+    results: list[dict[str, Any] | None]  # None until the item is answered
+    pending: list[_Pending]
 
 
 def image_key(station_id: str, capture_id: str, variant: str, image_sha256: str) -> str:
@@ -72,8 +85,10 @@ class BatchIngest:
         self.max_items = max_items
         # Object store writes of one batch run in parallel: network stores are latency-bound.
         self._writers = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="image-put")
+        self._commits = CommitQueue(self.commit)
 
     def close(self) -> None:
+        self._commits.shutdown()
         self._writers.shutdown(wait=True)
 
     # -- request level ---------------------------------------------------------------------------
@@ -115,15 +130,14 @@ class BatchIngest:
                 )
         return manifest.items, parts, manifest.station_id
 
-    def process(self, station_id: str, content_type: str, body: bytes) -> list[dict[str, Any]]:
-        """Handle one batch for an authenticated station; results in item order."""
+    def check(self, station_id: str, content_type: str, body: bytes) -> CheckedBatch:
+        """Parse a batch and check each item on its own (CPU only: no database, no store)."""
         raw_items, parts, manifest_station = self.parse(content_type, body)
         if manifest_station != station_id:
             raise RequestError(
                 403, f"manifest station_id {manifest_station!r} is not this token's station"
             )
-        results: list[dict[str, Any] | None] = [None] * len(raw_items)
-        checked: list[_Pending] = []
+        batch = CheckedBatch(station_id, [None] * len(raw_items), [])
         seen: dict[str, int] = {}
         for index, raw in enumerate(raw_items):
             capture_id = raw.get("capture_id") if isinstance(raw, dict) else None
@@ -132,14 +146,14 @@ class BatchIngest:
                 pending = self._check_item(index, raw, parts, station_id)
             except _Rejected as exc:
                 self.metrics.rejections.labels(exc.kind).inc()
-                results[index] = _result(capture_id, "rejected", exc.reason)
+                batch.results[index] = _result(capture_id, "rejected", exc.reason)
                 continue
             first = seen.get(pending.item.capture_id)
             if first is not None:
                 # The same id twice in one batch: answer the later one like a re-upload.
-                earlier = checked[first].item
+                earlier = batch.pending[first].item
                 same = earlier.sha256 == pending.item.sha256
-                results[index] = _result(
+                batch.results[index] = _result(
                     capture_id,
                     "duplicate" if same else "conflict",
                     "same capture_id earlier in this batch"
@@ -147,15 +161,70 @@ class BatchIngest:
                     else f"capture_id earlier in this batch has sha256 {earlier.sha256}",
                 )
                 continue
-            seen[pending.item.capture_id] = len(checked)
-            checked.append(pending)
-        for index, stored in self._store(station_id, checked).items():
-            results[index] = stored
-        answered = [r for r in results if r is not None]
-        assert len(answered) == len(results), "every item gets exactly one result"
-        for status, count in Counter(r["status"] for r in answered).items():
-            self.metrics.captures.labels(status).inc(count)
-        return answered
+            seen[pending.item.capture_id] = len(batch.pending)
+            batch.pending.append(pending)
+        return batch
+
+    async def group_commit(self, batch: CheckedBatch) -> list[dict[str, Any]]:
+        """Store a checked batch with the others waiting; its results once all is durable."""
+        if not batch.pending:  # nothing to write: every item was refused or repeated
+            return self.commit([batch])[0]
+        return await self._commits.store(batch)
+
+    def commit(self, batches: list[CheckedBatch]) -> list[list[dict[str, Any]]]:
+        """Store checked batches of different stations together, their results in item order.
+
+        Their new images go to the store in one write and their rows into one transaction, so
+        the batches waiting share the syncs. Stations differ, so no two batches touch one row.
+        """
+        assert len({b.station_id for b in batches}) == len(batches), "one batch per station"
+        new: list[tuple[CheckedBatch, _Pending]] = []
+        for batch in batches:
+            if not batch.pending:
+                continue
+            held = self.db.held(batch.station_id, [p.item.capture_id for p in batch.pending])
+            for pending in batch.pending:
+                existing = held.get(pending.item.capture_id)
+                if existing is None:
+                    new.append((batch, pending))
+                else:
+                    batch.results[pending.index] = self._against_existing(
+                        batch.station_id, pending, existing
+                    )
+        self._put_images([p for _, p in new if p.image is not None])
+        now = time.time()
+        rows = [self._row(b.station_id, p, now) for b, p in new]
+        inserted = self.db.insert_captures(rows) if rows else []
+        lost: dict[int, list[_Pending]] = {}
+        for (batch, pending), ok in zip(new, inserted, strict=True):
+            if ok:
+                batch.results[pending.index] = _result(pending.item.capture_id, "stored")
+            else:
+                lost.setdefault(id(batch), []).append(pending)
+        answers = []
+        for batch in batches:
+            if id(batch) in lost:
+                self._settle_lost(batch, lost[id(batch)])
+            answered = [r for r in batch.results if r is not None]
+            assert len(answered) == len(batch.results), "every item gets exactly one result"
+            for status, count in Counter(r["status"] for r in answered).items():
+                self.metrics.captures.labels(status).inc(count)
+            answers.append(answered)
+        return answers
+
+    def _settle_lost(self, batch: CheckedBatch, lost: list[_Pending]) -> None:
+        """Answer items another request stored between our read and our insert."""
+        winners = self.db.held(batch.station_id, [p.item.capture_id for p in lost])
+        for pending in lost:
+            winner = winners[pending.item.capture_id]
+            if pending.image_key and pending.image_key != winner[2]:
+                self.store.delete(pending.image_key)
+            same = winner[0] == pending.item.sha256
+            batch.results[pending.index] = _result(
+                pending.item.capture_id,
+                "duplicate" if same else "conflict",
+                None if same else f"capture_id already held with sha256 {winner[0]}",
+            )
 
     # -- item level ------------------------------------------------------------------------------
 
@@ -195,42 +264,6 @@ class BatchIngest:
             )
         key = image_key(station_id, item.capture_id, item.variant, digest)
         return _Pending(index, item, data, digest, key)
-
-    def _store(self, station_id: str, checked: list[_Pending]) -> dict[int, dict[str, Any]]:
-        """Decide new/duplicate/conflict against the database, write images, insert rows."""
-        out: dict[int, dict[str, Any]] = {}
-        if not checked:
-            return out
-        held = self.db.held(station_id, [p.item.capture_id for p in checked])
-        new: list[_Pending] = []
-        for pending in checked:
-            existing = held.get(pending.item.capture_id)
-            if existing is None:
-                new.append(pending)
-            else:
-                out[pending.index] = self._against_existing(station_id, pending, existing)
-        self._put_images([p for p in new if p.image is not None])
-        now = time.time()
-        rows = [self._row(station_id, p, now) for p in new]
-        inserted = self.db.insert_captures(rows)
-        lost = [p for p, ok in zip(new, inserted, strict=True) if not ok]
-        for pending in new:
-            if pending not in lost:
-                out[pending.index] = _result(pending.item.capture_id, "stored")
-        if lost:
-            # Another request stored these ids between our read and our insert.
-            winners = self.db.held(station_id, [p.item.capture_id for p in lost])
-            for pending in lost:
-                winner = winners[pending.item.capture_id]
-                if pending.image_key and pending.image_key != winner[2]:
-                    self.store.delete(pending.image_key)
-                same = winner[0] == pending.item.sha256
-                out[pending.index] = _result(
-                    pending.item.capture_id,
-                    "duplicate" if same else "conflict",
-                    None if same else f"capture_id already held with sha256 {winner[0]}",
-                )
-        return out
 
     def _against_existing(
         self, station_id: str, pending: _Pending, existing: tuple[str, str, str | None]

@@ -30,6 +30,8 @@ FREE_FORM_MAX_DEPTH = 8
 def bounded(value: Any, what: str) -> Any:
     """Return `value` if it nests at most FREE_FORM_MAX_DEPTH levels and serialises to at most
     FREE_FORM_MAX_BYTES, else raise ValueError saying which bound it broke."""
+    if not value:  # {} (the usual meta) or None: within both bounds, no need to serialise it
+        return value
     depth, level = 0, [(value, 1)]
     while level:  # iterative: a hostile document must not be able to exhaust the stack
         node, d = level.pop()

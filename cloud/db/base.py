@@ -104,6 +104,9 @@ class Database:
     """Portable SQL over a DB-API connection per thread."""
 
     placeholder = "?"
+    # A file on this machine: a short read costs less than a worker-thread hop, so the API may
+    # make it on the event loop. False for a database across the network.
+    local_file = False
     # Exceptions of the driver that mean "cannot reach the database now" (mapped to 503).
     unavailable_errors: tuple[type[BaseException], ...] = ()
 

@@ -14,6 +14,7 @@ from cloud.db.base import Database, portable_schema
 class SQLiteDatabase(Database):
     # "database is locked" after busy_timeout means writers are starved: tell clients to retry.
     unavailable_errors = (sqlite3.OperationalError,)
+    local_file = True
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)

@@ -10,8 +10,9 @@ from cloud.errors import NotFound
 
 # One object to store: its key and its bytes (a memoryview slice of a request body is fine).
 Upload = tuple[str, bytes | memoryview]
-# A `map`: ingest passes a thread pool's, so network stores send a batch's objects in parallel.
-Mapper = Callable[[Callable[[Upload], Any], Iterable[Upload]], Iterator[Any]]
+# A `map`: ingest passes a thread pool's, so network stores send a batch's objects in parallel
+# (and the local store syncs its files in parallel).
+Mapper = Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[Any]]
 
 # Keys are built by the service from validated ids; this is the last line of defence.
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*(/[A-Za-z0-9][A-Za-z0-9._:-]*)*$")

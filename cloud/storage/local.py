@@ -51,18 +51,19 @@ class LocalStore(ObjectStore):
         """Write each object to a temp file, fsync them all, rename them into place, then fsync
         each changed folder once: a batch becomes durable in one step, not one per image.
 
-        A crash never leaves a half image under a key (only a temp file). `run` is not used: the
-        work is system calls on one disk, not waiting on a network. A full disk raises
+        A crash never leaves a half image under a key (only a temp file). The files are synced
+        through `run`: with a thread pool's map the syncs overlap, and the filesystem serves
+        them with fewer journal commits than one after the other. A full disk raises
         BackendUnavailable, with every temp file of the batch removed.
         """
         try:
-            self._put_many(objects)
+            self._put_many(objects, run)
         except OSError as exc:
             if exc.errno in _FULL:
                 raise BackendUnavailable(f"local store {self.root}: {exc.strerror}") from exc
             raise
 
-    def _put_many(self, objects: Sequence[Upload]) -> None:
+    def _put_many(self, objects: Sequence[Upload], run: Mapper) -> None:
         written: list[tuple[int, str, str]] = []  # (fd, temp path, final path)
         folders: set[str] = set()
         try:
@@ -83,8 +84,8 @@ class LocalStore(ObjectStore):
                     # overlaps instead of issuing it one file at a time.
                     for fd, _, _ in written:
                         os.posix_fadvise(fd, 0, 0, _START_WRITEBACK)
-                for fd, _, _ in written:
-                    os.fsync(fd)
+                for _ in run(os.fsync, [fd for fd, _, _ in written]):
+                    pass
         except BaseException:
             for fd, tmp, _ in written:
                 os.close(fd)

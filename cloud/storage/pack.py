@@ -1,29 +1,42 @@
-"""Pack-file object store: each batch in one file, so a batch is durable after one data fsync.
+"""Pack-file object store: objects appended to one growing file, durable after one data sync.
 
-`put_many` writes every object of a batch back to back into a new pack file
-(`<root>/packs/<uuid>.pack`), fsyncs it and its folder, then records where each object lies in
-the index (`<root>/index.sqlite3`, WAL, synchronous=FULL) in one transaction. An object exists
-once its index row is committed: a crash before that leaves an unreferenced pack file, never a
-half object under a key. `delete` drops the row; a pack file is removed when no row refers to it
-any more (its space is not reclaimed while one object of the batch is still kept).
-Why: the local store's one file per image costs ten fsyncs per batch of ten; this costs three.
+`put_many` appends every object of a call back to back to this process's current pack file
+(`<root>/packs/<uuid>.pack`, its name synced into the folder when the file is made), syncs the
+data, then records where each object lies in the index (`<root>/index.sqlite3`, WAL,
+synchronous=FULL) in one transaction. An object exists once its index row is committed: a crash
+before that leaves unreferenced bytes in a pack, never a half object under a key; a failed call
+cuts its bytes off again when nothing was appended after them. Calls from several threads write
+side by side, each into the range it reserved. A process starts a new pack when it first writes
+and once its pack passes PACK_BYTES, and holds an exclusive flock on the pack it appends to, so no
+other process removes it while it grows. `delete` drops the row; a pack file is removed when no
+row refers to it any more (its space is not reclaimed while one object in it is still kept).
+Why: the local store's one file per image costs ten fsyncs per batch of ten; this costs one data
+sync and one index commit per call, and ingest's group commit makes one call for every batch
+waiting.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from cloud.errors import BackendUnavailable, NotFound
 from cloud.storage.base import Mapper, ObjectStore, Upload, check_key
 
+# A new pack once the current one is this big: bounds the space a few kept objects can pin.
+PACK_BYTES = 64 * 1024 * 1024
+_IOV_MAX = 1024  # buffers per pwritev (Linux's IOV_MAX)
 _FULL = (errno.ENOSPC, errno.EDQUOT)  # a full disk is the store unavailable for now (503)
+# The data and the file size (which fdatasync covers) are what a read needs; mtime is not.
+_sync_data = getattr(os, "fdatasync", os.fsync)
 _SCHEMA = """CREATE TABLE IF NOT EXISTS objects (
     key TEXT PRIMARY KEY,
     pack TEXT NOT NULL,
@@ -33,6 +46,29 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS objects (
 CREATE INDEX IF NOT EXISTS objects_pack ON objects (pack);"""
 
 
+@dataclass
+class _Pack:
+    """The pack file this process appends to."""
+
+    name: str
+    fd: int
+    end: int  # bytes handed out: the next call writes from here
+    writers: int = 0  # calls writing into it now; its fd (and flock) stays open until they end
+    retired: bool = False  # no new calls append to it
+
+
+def _write_all(fd: int, views: list[memoryview], offset: int) -> None:
+    """Write the buffers back to back from `offset`: one system call for a whole batch."""
+    while views:
+        written = os.pwritev(fd, views[:_IOV_MAX], offset)
+        offset += written
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views = views[1:]
+        if written:  # a short write ended inside this buffer
+            views[0] = views[0][written:]
+
+
 class PackStore(ObjectStore):
     def __init__(self, root: Path, fsync: bool = True) -> None:
         self.root = Path(root).resolve()
@@ -40,6 +76,8 @@ class PackStore(ObjectStore):
         self.packs.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
         self._lock = threading.Lock()  # one index connection, shared by the worker threads
+        self._writing = threading.Lock()  # appends and pack removals, one at a time
+        self._current: _Pack | None = None
         self._db = sqlite3.connect(
             self.root / "index.sqlite3", timeout=30, isolation_level=None, check_same_thread=False
         )
@@ -56,53 +94,47 @@ class PackStore(ObjectStore):
         content_type: str = "application/octet-stream",
         run: Mapper = map,
     ) -> None:
-        """One pack file for the whole batch, durable before the index names any of it."""
+        """Append the objects to the current pack, sync it, then name them all in one commit.
+
+        Calls from several threads write and sync side by side (each into its own reserved
+        range), so one call's sync overlaps another's index commit.
+        """
         keys = [check_key(key) for key, _ in objects]
         if not objects:
             return
-        name = f"{uuid.uuid4().hex}.pack"
-        path = self.packs / name
-        rows = []
+        views = [memoryview(data) for _, data in objects]
+        size = sum(len(view) for view in views)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                offset = 0
-                for key, (_, data) in zip(keys, objects, strict=True):
-                    view = memoryview(data)
-                    rows.append((key, name, offset, len(view)))
-                    while view:
-                        view = view[os.write(fd, view) :]
-                    offset += rows[-1][3]
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+            pack, start = self._reserve(size)
+        except OSError as exc:
+            full = self._unavailable(exc)
+            if full is not None:
+                raise full from exc
+            raise
+        rows = []
+        offset = start
+        for key, view in zip(keys, views, strict=True):
+            rows.append((key, pack.name, offset, len(view)))
+            offset += len(view)
+        try:
+            _write_all(pack.fd, views, start)
             if self.fsync:
-                self._sync_folder(self.packs)  # the new file's name is durable too
+                _sync_data(pack.fd)
             with self._transaction() as db:
                 replaced = self._packs_of(db, keys)
                 db.executemany(
                     "INSERT OR REPLACE INTO objects (key, pack, offset, size) VALUES (?, ?, ?, ?)",
                     rows,
                 )
-                unused = self._unreferenced(db, replaced - {name})
-            self._remove(unused)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                path.unlink()
-            if exc.errno in _FULL:
-                raise BackendUnavailable(f"pack store {self.root}: {exc.strerror}") from exc
+                unused = self._unreferenced(db, replaced - {pack.name})
+        except BaseException as exc:
+            self._release(pack, cut=(start, size))
+            full = self._unavailable(exc)
+            if full is not None:
+                raise full from exc
             raise
-        except sqlite3.OperationalError as exc:
-            with contextlib.suppress(OSError):
-                path.unlink()
-            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
-                raise BackendUnavailable(f"pack store {self.root}: index: {exc}") from exc
-            raise
-        except BaseException:
-            with contextlib.suppress(OSError):
-                path.unlink()
-            raise
+        self._release(pack)
+        self._remove(unused)
 
     def get(self, key: str) -> bytes:
         pack, offset, size = self._where(key)
@@ -134,10 +166,73 @@ class PackStore(ObjectStore):
         return f"pack {self.root}"
 
     def close(self) -> None:
+        with self._writing:
+            self._retire()
         with self._lock:
             self._db.close()
 
     # --- inside ---------------------------------------------------------------------------------
+
+    def _reserve(self, size: int) -> tuple[_Pack, int]:
+        """A pack and the offset where `size` bytes of one call go (a new pack when needed)."""
+        with self._writing:
+            if self._current is not None and self._current.end >= PACK_BYTES:
+                self._retire()
+            if self._current is None:
+                self._current = self._new_pack()
+            pack = self._current
+            pack.writers += 1
+            start = pack.end
+            pack.end += size
+            return pack, start
+
+    def _new_pack(self) -> _Pack:
+        name = f"{uuid.uuid4().hex}.pack"
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(self.packs / name, flags, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # before any row names it: see _remove
+            if self.fsync:
+                self._sync_folder(self.packs)  # the name is durable before any row uses it
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(self.packs / name)
+            raise
+        return _Pack(name, fd, 0)
+
+    def _release(self, pack: _Pack, cut: tuple[int, int] | None = None) -> None:
+        """A call is done with `pack`; `cut`: it failed, drop its (start, size) range if last."""
+        with self._writing:
+            if cut is not None and pack.end == cut[0] + cut[1]:
+                try:
+                    os.ftruncate(pack.fd, cut[0])
+                    pack.end = cut[0]
+                except OSError:  # where the end is, is unknown now: later calls use a new pack
+                    if pack is self._current:
+                        self._retire()
+            pack.writers -= 1
+            if pack.retired and pack.writers == 0:
+                os.close(pack.fd)
+
+    def _retire(self) -> None:
+        """No new calls append to the current pack; it closes (dropping its flock) once idle."""
+        pack, self._current = self._current, None
+        if pack is not None:
+            pack.retired = True
+            if pack.writers == 0:
+                os.close(pack.fd)
+
+    def _unavailable(self, exc: BaseException) -> BackendUnavailable | None:
+        """A full disk as BackendUnavailable (503 + Retry-After); None for any other error."""
+        if isinstance(exc, OSError) and exc.errno in _FULL:
+            return BackendUnavailable(f"pack store {self.root}: {exc.strerror}")
+        if (
+            isinstance(exc, sqlite3.OperationalError)
+            and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        ):
+            return BackendUnavailable(f"pack store {self.root}: index: {exc}")
+        return None
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -145,10 +240,11 @@ class PackStore(ObjectStore):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # a failed COMMIT leaves it open
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def _where(self, key: str) -> tuple[str, int, int]:
         with self._lock:
@@ -169,8 +265,11 @@ class PackStore(ObjectStore):
     @staticmethod
     def _packs_of(db: sqlite3.Connection, keys: Sequence[str]) -> set[str]:
         out: set[str] = set()
-        for key in keys:
-            out.update(r[0] for r in db.execute("SELECT pack FROM objects WHERE key = ?", (key,)))
+        for first in range(0, len(keys), 500):
+            chunk = keys[first : first + 500]
+            marks = ", ".join("?" * len(chunk))
+            sql = f"SELECT DISTINCT pack FROM objects WHERE key IN ({marks})"
+            out.update(r[0] for r in db.execute(sql, chunk))
         return out
 
     @staticmethod
@@ -182,10 +281,27 @@ class PackStore(ObjectStore):
         ]
 
     def _remove(self, packs: list[str]) -> None:
-        """Unlink packs no row names, after that commit: a crash leaves a stray file, no loss."""
-        for pack in packs:  # a pack name is never reused, so no new row can name it meanwhile
-            with contextlib.suppress(FileNotFoundError):
-                (self.packs / pack).unlink()
+        """Unlink packs no row names, after that commit: a crash leaves a stray file, no loss.
+
+        A pack still being appended to, here or by another process, is kept (its flock is held):
+        a call may be about to name new objects in it. This process's current pack is retired.
+        """
+        for pack in packs:
+            with self._writing:
+                if self._current is not None and pack == self._current.name:
+                    self._retire()
+            try:
+                fd = os.open(self.packs / pack, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # being appended to elsewhere
+            else:
+                os.unlink(self.packs / pack)
+            finally:
+                os.close(fd)
 
     @staticmethod
     def _sync_folder(folder: Path) -> None:

@@ -1,4 +1,4 @@
-"""The pack store: a batch in one file, named by the index only once both are durable."""
+"""The pack store: batches appended to a pack file, named by the index once both are durable."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import os
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from cloud.errors import BackendUnavailable, NotFound
+from cloud.storage import pack as pack_module
 from cloud.storage.pack import PackStore
 from tests.helpers import tmpfs
 
@@ -88,11 +90,49 @@ def test_a_full_disk_is_backend_unavailable_and_keeps_what_was_stored(tmp_path):
     with tmpfs(tmp_path / "small", "1m") as root:
         store = PackStore(root / "objects")
         store.put_many(images(5))
-        stored = 1
+        kept = sum(len(data) for _, data in images(5))
         with pytest.raises(BackendUnavailable, match="pack store"):
             for n in range(100):
                 store.put_many([(f"st/big-{n}.jpg", os.urandom(200_000))])
-                stored += 1
+                kept += 200_000
         assert store.get("st/2026/0-4.jpg") == images(5)[4][1]
-        assert len(list((root / "objects" / "packs").iterdir())) == stored  # no partial pack
+        packs = list((root / "objects" / "packs").iterdir())
+        assert sum(p.stat().st_size for p in packs) == kept  # the failed write was cut off
+        store.put_many([("st/after.jpg", b"\xff\xd8after")])  # appends after the cut
+        assert store.get("st/after.jpg") == b"\xff\xd8after"
         store.close()
+
+
+def test_batches_append_to_one_pack_until_it_is_full(tmp_path, monkeypatch):
+    monkeypatch.setattr(pack_module, "PACK_BYTES", 25_000)
+    store = PackStore(tmp_path / "objects")
+    for seed in range(4):
+        store.put_many(images(10, seed * 10))  # about 10 KB a batch
+    packs = sorted((tmp_path / "objects" / "packs").iterdir(), key=lambda p: p.stat().st_mtime)
+    assert len(packs) == 2  # the third batch passed 25 KB: the fourth starts a new pack
+    for seed in range(4):
+        for key, data in images(10, seed * 10):
+            assert store.get(key) == data
+
+
+def test_another_process_never_removes_the_pack_this_one_appends_to(tmp_path):
+    writer = PackStore(tmp_path / "objects")
+    writer.put_many([("st/a.jpg", b"a")])
+    other = PackStore(tmp_path / "objects")  # e.g. the CLI beside the running service
+    other.delete("st/a.jpg")  # the writer's pack is unreferenced, but it still appends to it
+    writer.put_many([("st/b.jpg", b"b")])
+    assert PackStore(tmp_path / "objects").get("st/b.jpg") == b"b"
+    writer.delete("st/b.jpg")  # the writer itself lets it go
+    assert list((tmp_path / "objects" / "packs").iterdir()) == []
+
+
+def test_calls_from_several_threads_write_side_by_side(tmp_path):
+    store = PackStore(tmp_path / "objects")
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda seed: store.put_many(images(5, seed * 5)), range(8)))
+    for seed in range(8):
+        for key, data in images(5, seed * 5):
+            assert store.get(key) == data
+    packs = list((tmp_path / "objects" / "packs").iterdir())
+    assert len(packs) == 1
+    assert packs[0].stat().st_size == sum(len(d) for s in range(8) for _, d in images(5, s * 5))
