@@ -273,7 +273,24 @@ def _setup_logging(level: str) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Commands defined here, whose parsers need none of the component modules below.
+CORE_COMMANDS = frozenset({"run", "status", "queue", "config", "demo"})
+# Modules that add the subcommands living beside their component (each has add_subcommands).
+COMPONENT_COMMANDS = (
+    "agent.esp32.cli",
+    "agent.units",
+    "agent.inference.cli",
+    "agent.upload.cli",
+    "agent.power.cli",
+    "agent.web.cli",
+    "agent.install",
+    "agent.buffer",
+)
+
+
+def build_parser(*, core_only: bool = False) -> argparse.ArgumentParser:
+    """The whole command line; `core_only` leaves out the components' subcommands (esp32,
+    models, upload, ...), whose modules cost more to import than a `status` costs to run."""
     parser = argparse.ArgumentParser(
         prog="fieldstation",
         description=__doc__,
@@ -346,17 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="keep the demo's data folder")
     demo.set_defaults(func=cmd_demo)
 
-    for module in (
-        "agent.esp32.cli",
-        "agent.units",
-        "agent.inference.cli",
-        "agent.upload.cli",
-        "agent.power.cli",
-        "agent.web.cli",
-        "agent.install",
-        "agent.buffer",
-    ):
-        _add_optional(sub, module)
+    if not core_only:
+        for module in COMPONENT_COMMANDS:
+            _add_optional(sub, module)
     _describe(parser)
     return parser
 
@@ -395,7 +404,11 @@ def _add_optional(sub: Any, module: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    # the command is the first word (the top level takes no option with a value): `status`
+    # and `run` skip importing the other components; --help and a mistyped command see them all
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(core_only=command in CORE_COMMANDS)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

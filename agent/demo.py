@@ -42,10 +42,15 @@ class _Progress:
         self.total = total
         self.done = 0
         self.lock = threading.Lock()
+        self._writing = threading.Lock()
         self.stream = stream  # stderr under --json: stdout carries only the JSON document
 
     def line(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+        # whole lines: the inference worker's "analysed" lines come from another thread, and
+        # print() writes the text and its newline apart, so two lines could share one
+        with self._writing:
+            self.stream.write(text + "\n")
+            self.stream.flush()
 
     def stored(
         self, path: str, unit: str, capture_id: str, size: int, ms: float, outcome: str

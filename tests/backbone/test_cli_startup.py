@@ -51,3 +51,25 @@ def test_status_with_the_daemon_down_imports_no_heavy_library(tmp_path):
         "assert code == 3, code  # the daemon is not reachable\n"
     )
     assert imported_after(code) == set()
+
+
+def test_a_core_command_skips_the_components_commands_and_help_lists_them_all():
+    # `status`, `run`, `queue`, `config`, `demo` parse without importing the components'
+    # command modules (esp32, models, upload, ...): their import costs more than a status run
+    probe = (
+        "import agent.cli, contextlib, io, json, sys\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    agent.cli.main(['config', 'example'])\n"
+        "print(json.dumps([m for m in agent.cli.COMPONENT_COMMANDS if m in sys.modules]))"
+        # agent.install the core commands import anyway: it finds a station's data folder
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["agent.install"]
+    usage = subprocess.run(
+        [sys.executable, "-m", "agent", "--help"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    for command in ("esp32", "models", "upload", "power", "buffer", "status", "run"):
+        assert command in usage, command
