@@ -52,6 +52,11 @@ class CommitQueue:
             self._ready.notify()
         return await future
 
+    def waiting(self) -> int:
+        """Batches queued for the next write."""
+        with self._ready:
+            return len(self._jobs)
+
     def shutdown(self, timeout: float = 60.0) -> None:
         """Store and answer what is queued, then end the thread."""
         with self._ready:

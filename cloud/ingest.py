@@ -85,10 +85,10 @@ class BatchIngest:
         self.max_items = max_items
         # Object store writes of one batch run in parallel: network stores are latency-bound.
         self._writers = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="image-put")
-        self._commits = CommitQueue(self.commit)
+        self.commits = CommitQueue(self.commit)
 
     def close(self) -> None:
-        self._commits.shutdown()
+        self.commits.shutdown()
         self._writers.shutdown(wait=True)
 
     # -- request level ---------------------------------------------------------------------------
@@ -169,7 +169,7 @@ class BatchIngest:
         """Store a checked batch with the others waiting; its results once all is durable."""
         if not batch.pending:  # nothing to write: every item was refused or repeated
             return self.commit([batch])[0]
-        return await self._commits.store(batch)
+        return await self.commits.store(batch)
 
     def commit(self, batches: list[CheckedBatch]) -> list[list[dict[str, Any]]]:
         """Store checked batches of different stations together, their results in item order.

@@ -17,10 +17,10 @@ from cloud.config import load_config
 from cloud.process import CloudService
 from cloud.service import Service
 from tests.cloud.cloud_helpers import item, statuses, upload
-from tests.helpers import jpeg
+from tests.helpers import jpeg, wait_for
 
 
-def slow_first_write(store: Any, monkeypatch: Any, seconds: float = 1.5) -> list[list[str]]:
+def slow_first_write(store: Any, monkeypatch: Any, seconds: float = 3.0) -> list[list[str]]:
     """Record the keys of each store write; the first one takes `seconds`, so others queue."""
     calls: list[list[str]] = []
     real = store.put_many
@@ -50,7 +50,7 @@ def test_batches_waiting_together_share_one_write_and_are_all_stored(
 
     with ThreadPoolExecutor(4) as pool:
         first = pool.submit(send, stations[0])
-        time.sleep(0.3)  # the first write is under way: the other three wait for the next one
+        wait_for(lambda: writes, 30, "the first write")  # under way: the others queue behind it
         others = [pool.submit(send, s) for s in stations[1:]]
         answers = [first.result()] + [f.result() for f in others]
 
@@ -75,11 +75,12 @@ def test_two_batches_of_one_station_are_stored_one_after_the_other(
     original, thumb = jpeg(1, (320, 240)), jpeg(2)
     with ThreadPoolExecutor(3) as pool:
         busy = pool.submit(upload, server.url, other, "st-2", [item("x", jpeg(3))])
-        time.sleep(0.3)  # the writer is busy with st-2: both st-1 batches queue behind it
+        wait_for(lambda: writes, 30, "st-2's write")  # busy: both st-1 batches queue behind it
         first = pool.submit(
             upload, server.url, token, "st-1", [item("c1", original, "thumbnail", thumb)]
         )
-        time.sleep(0.3)  # the thumbnail is queued first
+        commits = server.service.ingest.commits
+        wait_for(lambda: commits.waiting() == 1, 30, "the thumbnail queued first")
         second = pool.submit(upload, server.url, token, "st-1", [item("c1", original)])
         assert statuses(busy.result()) == ["stored"]
         answers = [first.result().json()["results"], second.result().json()["results"]]
