@@ -141,7 +141,7 @@ def bench_privacy(finders: PersonFinders, jpeg: bytes, repeat: int) -> dict[str,
     """Find + blur per capture vs the bare detector calls on inputs prepared once."""
     import cv2
 
-    hog = next(f.model for f in finders.finders if isinstance(f.model, HogPeople)).hog
+    hog = next(f.model for f in finders.finders if isinstance(f.model, HogPeople)).descriptor()
     picture = Image.open(io.BytesIO(jpeg)).convert("RGB")
     scale = HOG_SIDE / max(picture.size)
     grey = np.asarray(

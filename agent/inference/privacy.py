@@ -98,7 +98,7 @@ class HogPeople:
         self.threshold = threshold
         self._hog: cv2.HOGDescriptor | None = None  # made at the first run
 
-    def _descriptor(self) -> cv2.HOGDescriptor:
+    def descriptor(self) -> cv2.HOGDescriptor:
         # OpenCV (~25 MiB resident) loads at the first picture, not at start-up: an idle station
         # with the default opencv-hog finder stays small
         if self._hog is None:
@@ -117,8 +117,8 @@ class HogPeople:
         return img.draft_request(size, (HOG_SIDE, HOG_SIDE), letterbox=True)
 
     def run(self, picture: Image.Image) -> list[Detection]:
-        hog = self._descriptor()
-        import cv2  # loaded by _descriptor: a dictionary look-up now
+        hog = self.descriptor()
+        import cv2  # loaded by descriptor(): a dictionary look-up now
 
         w, h = picture.size
         scale = HOG_SIDE / max(w, h)
