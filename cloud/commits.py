@@ -3,18 +3,19 @@
 Each request used to store its own batch on a worker thread: per batch one pack sync, one index
 commit and one captures commit, and the GIL handed between the event loop and four threads at
 every release. One thread that takes every batch waiting when it starts a write makes those syncs
-once for all of them, and the event loop wakes once per write to answer them. The station-side
-twin is agent/ingest/commits.py.
+once for all of them, and the event loop wakes once per write to answer them. The thread and its
+queue are agent/groupcommit.py's, as for the station's MQTT captures (agent/ingest/commits.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from agent.groupcommit import GroupCommitter
 
 if TYPE_CHECKING:
     from cloud.ingest import CheckedBatch
@@ -36,71 +37,53 @@ class CommitQueue:
     ) -> None:
         self.commit = commit
         self.name = name
-        self._jobs: deque[_Job] = deque()
-        self._ready = threading.Condition()
-        self._closing = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._group: GroupCommitter[_Job] = GroupCommitter(self._write, name, one_per_station)
 
     async def store(self, batch: CheckedBatch) -> Results:
         """The batch's results, once it and its rows are durable."""
         future: asyncio.Future[Results] = asyncio.get_running_loop().create_future()
-        with self._ready:
-            if self._closing:
-                raise RuntimeError(f"{self.name} is shut down")
-            self._jobs.append((batch, future))
-            self._ready.notify()
+        self._group.put((batch, future))
         return await future
 
     def waiting(self) -> int:
         """Batches queued for the next write."""
-        with self._ready:
-            return len(self._jobs)
+        return self._group.waiting()
 
     def shutdown(self, timeout: float = 60.0) -> None:
         """Store and answer what is queued, then end the thread."""
-        with self._ready:
-            self._closing = True
-            self._ready.notify()
-        self._thread.join(timeout)
+        self._group.shutdown(timeout)
 
-    def _run(self) -> None:
-        while True:
-            with self._ready:
-                while not self._jobs and not self._closing:
-                    self._ready.wait()
-                if not self._jobs:
-                    return
-                jobs = self._take()
+    def _write(self, jobs: list[_Job]) -> None:
+        try:
+            outcomes: list[Results | BaseException] = list(self.commit([b for b, _ in jobs]))
+        except Exception as exc:  # every batch of the write shares its fate (e.g. 503)
+            outcomes = [exc] * len(jobs)
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
+        for (_, future), outcome in zip(jobs, outcomes, strict=True):
+            by_loop.setdefault(future.get_loop(), []).append((future, outcome))
+        for loop, answers in by_loop.items():  # one wake-up of the loop per write
             try:
-                outcomes: list[Results | BaseException] = list(self.commit([b for b, _ in jobs]))
-            except Exception as exc:  # every batch of the write shares its fate (e.g. 503)
-                outcomes = [exc] * len(jobs)
-            by_loop: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
-            for (_, future), outcome in zip(jobs, outcomes, strict=True):
-                by_loop.setdefault(future.get_loop(), []).append((future, outcome))
-            for loop, answers in by_loop.items():  # one wake-up of the loop per write
-                try:
-                    loop.call_soon_threadsafe(_settle, answers)
-                except RuntimeError:  # the loop is closed: nobody is waiting any more
-                    log.warning("%s: a batch was stored after its server stopped", self.name)
+                loop.call_soon_threadsafe(_settle, answers)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                log.warning("%s: a batch was stored after its server stopped", self.name)
 
-    def _take(self) -> list[_Job]:
-        """Every waiting batch, but one per station: a station's next batch waits its turn, so
-        no two batches of one write hold the same capture (their answers stay those of
-        uploads made one after the other)."""
-        taken: list[_Job] = []
-        stations: set[str] = set()
-        later: deque[_Job] = deque()
-        while self._jobs:
-            job = self._jobs.popleft()
-            if job[0].station_id in stations:
-                later.append(job)
-            else:
-                stations.add(job[0].station_id)
-                taken.append(job)
-        self._jobs = later
-        return taken
+
+def one_per_station(jobs: deque[_Job]) -> list[_Job]:
+    """Every waiting batch, but one per station: a station's next batch waits its turn, so no
+    two batches of one write hold the same capture (their answers stay those of uploads made
+    one after the other)."""
+    taken: list[_Job] = []
+    stations: set[str] = set()
+    later: list[_Job] = []
+    while jobs:
+        job = jobs.popleft()
+        if job[0].station_id in stations:
+            later.append(job)
+        else:
+            stations.add(job[0].station_id)
+            taken.append(job)
+    jobs.extend(later)
+    return taken
 
 
 def _settle(answers: list[_Answer]) -> None:

@@ -1,4 +1,5 @@
-"""One thread that stores the captures of many units in shared commits (MQTT ingest).
+"""One thread that stores the captures of many units in shared commits (MQTT ingest), on
+agent/groupcommit.py.
 
 paho has one network thread for every unit, and a commit must not stall it. A pool of commit
 threads used to take each capture on its own thread and meet in the store's group commit; one
@@ -10,18 +11,19 @@ around.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import deque
 from typing import TYPE_CHECKING
 
 from agent import protocol as p
+from agent.groupcommit import GroupCommitter
 from agent.store import Store
 
 if TYPE_CHECKING:
     from agent.ingest.assembler import Assembler
 
 log = logging.getLogger(__name__)
+
+_Job = tuple["Assembler", p.CaptureBegin, bytes]
 
 
 class CommitQueue:
@@ -30,41 +32,16 @@ class CommitQueue:
     def __init__(self, store: Store, name: str) -> None:
         self.store = store
         self.name = name
-        self._jobs: deque[tuple[Assembler, p.CaptureBegin, bytes]] = deque()
-        self._ready = threading.Condition()
-        self._closing = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._group: GroupCommitter[_Job] = GroupCommitter(self._commit, name)
 
     def put(self, assembler: Assembler, begin: p.CaptureBegin, jpeg: bytes) -> None:
-        with self._ready:
-            if self._closing:
-                raise RuntimeError(f"{self.name} is shut down")
-            self._jobs.append((assembler, begin, jpeg))
-            self._ready.notify()
+        self._group.put((assembler, begin, jpeg))
 
     def shutdown(self, timeout: float = 60.0) -> None:
         """Store and answer what is queued, then end the thread."""
-        with self._ready:
-            self._closing = True
-            self._ready.notify()
-        self._thread.join(timeout)
+        self._group.shutdown(timeout)
 
-    def _run(self) -> None:
-        while True:
-            with self._ready:
-                while not self._jobs and not self._closing:
-                    self._ready.wait()
-                if not self._jobs:
-                    return
-                jobs = list(self._jobs)
-                self._jobs.clear()
-            try:
-                self._commit(jobs)
-            except Exception:  # the thread must outlive a bad batch: the units resend on NAK
-                log.exception("%s: %d captures could not be completed", self.name, len(jobs))
-
-    def _commit(self, jobs: list[tuple[Assembler, p.CaptureBegin, bytes]]) -> None:
+    def _commit(self, jobs: list[_Job]) -> None:
         checked = []
         for assembler, begin, jpeg in jobs:
             capture = assembler.checked_capture(begin, jpeg)
