@@ -118,7 +118,7 @@ class UploadSection:
     linger_s: float = opt(
         1.0,
         help="while captures trickle in, a batch that could still grow waits this long after the "
-        "last one (unless its oldest capture has waited as long); 0 = send at once",
+        "last one (unless its first capture has been ready as long); 0 = send at once",
         min=0,
         max=3600,
     )

@@ -30,6 +30,7 @@ from agent.upload.settings import UploadSection
 log = logging.getLogger(__name__)
 
 WINDOW_BATCHES = 8  # candidates ranked per scan of the backlog, in batches
+PART_OVERHEAD = 1024  # an item's manifest entry and part headers, roughly, in bytes
 WINDOW_TTL_S = 2.0
 
 # fail(conn, capture_id, reason): mark a pending capture failed inside the caller's transaction
@@ -59,7 +60,7 @@ class BatchWindow:
         self.fail = fail
         self.rotted = rotted  # counts captures whose original no longer matches its sha256
         self.monotonic = monotonic
-        self.clock = clock  # the wall clock captures' received_at is on
+        self.clock = clock  # the wall clock captures' state_changed_at is on
         self.max_items = settings.batch_max_items  # halved after a 400/413, grows back on success
         self.budget_blocked = False  # the last batch stopped at a capture the budget cannot fit
         self._window: tuple[str, float, list[sqlite3.Row]] | None = None
@@ -131,7 +132,7 @@ class BatchWindow:
                     self.fail(conn, row["id"], str(exc))
                 failed.add(row["id"])
                 continue
-            size = item.nbytes + 1024  # manifest and part headers, roughly
+            size = item.nbytes + PART_OVERHEAD
             if total + size > cap and (items or budget_left is not None):
                 # in value order: the next item waits for the next batch (or the next day)
                 self.budget_blocked = not items
@@ -152,7 +153,7 @@ class BatchWindow:
         linger = self.settings.linger_s
         if not linger or not rows or self._last_batch is None or len(rows) >= self.max_items:
             return False
-        if sum(int(r["size"]) + 1024 for r in rows) >= cap:
+        if sum(int(r["size"]) + PART_OVERHEAD for r in rows) >= cap:
             return False
         since_last = self.monotonic() - self._last_batch
         age = self.clock() - min(float(r["state_changed_at"]) for r in rows)
