@@ -7,6 +7,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -20,7 +21,9 @@ def free_port() -> int:
 class PrivateBroker:
     """`mosquitto` bound to 127.0.0.1 only, no persistence beyond its temp folder."""
 
-    def __init__(self, port: int | None = None, *, persistence: bool = False) -> None:
+    def __init__(
+        self, port: int | None = None, *, persistence: bool = False, listener: Sequence[str] = ()
+    ) -> None:
         binary = shutil.which("mosquitto") or (
             "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
         )
@@ -32,6 +35,7 @@ class PrivateBroker:
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.persistence = persistence
+        self.listener = list(listener)  # the listener's own lines: TLS files, a password file
         self.dir = Path(tempfile.mkdtemp(prefix="fieldstation-mosquitto-"))
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -39,7 +43,9 @@ class PrivateBroker:
         conf = self.dir / "mosquitto.conf"
         lines = [
             f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
+            *self.listener,
+            # a password file means that only its users may connect
+            f"allow_anonymous {'false' if any('password_file' in x for x in self.listener) else 'true'}",
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.dir}/",
             "max_inflight_messages 64",

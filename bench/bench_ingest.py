@@ -240,7 +240,7 @@ def drive_mqtt(
     client.loop_start()
     client.subscribe("wildcam/bench/+/ack", qos=1)
     subscribed.wait(10)
-    from agent.ingest.mqtt import no_delay
+    from agent.esp32.virtual import no_delay
 
     no_delay(client)
     t0 = time.perf_counter()

@@ -131,8 +131,6 @@ class MqttUnitLink(UnitLink):
             rc: ReasonCode,
             props: Properties | None,
         ) -> None:
-            from agent.ingest.mqtt import no_delay
-
             no_delay(c)
             c.subscribe([(self.prefix + "ack", 1), (self.prefix + "cmd", 1)])
 
@@ -360,3 +358,13 @@ def load_images(folder: Path) -> list[bytes]:
     if not files:
         raise FileNotFoundError(f"no .jpg files in {folder}")
     return [f.read_bytes() for f in files]
+
+
+def no_delay(client: mqtt.Client) -> None:
+    """Send small frames (the last chunk, a HELLO) at once instead of waiting on Nagle's ~40 ms,
+    as the firmware's lwIP socket does."""
+    import socket
+
+    sock = client.socket()
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
