@@ -16,7 +16,6 @@ CLOCK_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 STAGES = (
     ("serial", "ingest"),
     ("mqtt", "ingest"),
-    ("paho", "ingest"),
     ("http", "ingest"),
     ("inference", "inference"),
     ("uploader", "upload"),
