@@ -15,7 +15,9 @@ import hashlib
 import json
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +30,7 @@ from cloud.metrics import ServiceMetrics
 from cloud.multipart import MultipartError, Part, PartTooLarge, parse_parts
 from cloud.schema import BatchManifest, CaptureItem, reason_of
 from cloud.storage import ObjectStore
+from cloud.storage.base import NameObjects, Upload
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -191,10 +194,12 @@ class BatchIngest:
                     batch.results[pending.index] = self._against_existing(
                         batch.station_id, pending, existing
                     )
-        self._put_images([p for _, p in new if p.image is not None])
         now = time.time()
         rows = [self._row(b.station_id, p, now) for b, p in new]
-        inserted = self.db.insert_captures(rows) if rows else []
+        # The images are durable before their rows commit (with a pack store on this database,
+        # their index rows commit in the same transaction as the capture rows).
+        with self._storing([p for _, p in new if p.image is not None]) as name_images:
+            inserted = self.db.insert_captures(rows, also=name_images) if rows else []
         lost: dict[int, list[_Pending]] = {}
         for (batch, pending), ok in zip(new, inserted, strict=True):
             if ok:
@@ -278,16 +283,18 @@ class BatchIngest:
             return _result(item.capture_id, "duplicate", f"already held as {variant!r}")
         # A better variant of a capture we hold (e.g. full after thumbnail): keep the better one.
         assert pending.image is not None and pending.image_key and pending.image_sha256
-        self._put_images([pending])
-        if self.db.upgrade_image(
-            station_id,
-            item.capture_id,
-            variant,
-            item.variant,
-            pending.image_key,
-            pending.image_sha256,
-            len(pending.image),
-        ):
+        with self._storing([pending]) as name_image:
+            upgraded = self.db.upgrade_image(
+                station_id,
+                item.capture_id,
+                variant,
+                item.variant,
+                pending.image_key,
+                pending.image_sha256,
+                len(pending.image),
+                also=name_image,
+            )
+        if upgraded:
             return _result(
                 item.capture_id, "duplicate", f"image upgraded from {variant!r} to {item.variant!r}"
             )
@@ -295,16 +302,20 @@ class BatchIngest:
             item.capture_id, "duplicate", "already held (changed by a concurrent upload)"
         )
 
-    def _put_images(self, pending: list[_Pending]) -> None:
-        """Write the images of a batch; all are durable when this returns."""
-        objects = []
+    @contextmanager
+    def _storing(self, pending: list[_Pending]) -> Iterator[NameObjects | None]:
+        """The images of `pending` durable in the store; see ObjectStore.storing."""
+        objects: list[Upload] = []
         for p in pending:
             assert p.image_key is not None and p.image is not None
             objects.append((p.image_key, p.image))
-        if objects:
-            run = self._writers.map if len(objects) > 1 else map
-            self.store.put_many(objects, "image/jpeg", run=run)
-            self.metrics.image_bytes.inc(sum(len(data) for _, data in objects))
+        if not objects:
+            yield None
+            return
+        run = self._writers.map if len(objects) > 1 else map
+        with self.store.storing(objects, "image/jpeg", run=run) as name_images:
+            yield name_images
+        self.metrics.image_bytes.inc(sum(len(data) for _, data in objects))
 
     @staticmethod
     def _row(station_id: str, pending: _Pending, now: float) -> CaptureRow:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -332,11 +332,14 @@ class Database:
                     found[capture_id] = (sha, variant, key)
         return found
 
-    def insert_captures(self, rows: list[CaptureRow]) -> list[bool]:
+    def insert_captures(
+        self, rows: list[CaptureRow], also: Callable[[Any], None] | None = None
+    ) -> list[bool]:
         """Insert in one transaction; per row True if inserted, False if (station, id) existed.
 
         One multi-row INSERT ... RETURNING per chunk and one for all detections: a batch costs a
-        few statements, not two per capture.
+        few statements, not two per capture. `also` runs on the same transaction's cursor (the
+        pack store names the batch's images there), so both commit in one sync.
         """
         inserted = [False] * len(rows)
         with self.transaction() as cur:
@@ -378,6 +381,8 @@ class Database:
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     detections,
                 )
+            if also is not None:
+                also(cur)
         return inserted
 
     def upgrade_image(
@@ -389,8 +394,12 @@ class Database:
         image_key: str,
         image_sha256: str,
         image_size: int,
+        also: Callable[[Any], None] | None = None,
     ) -> bool:
-        """Point a capture at a better image variant; False if another upload changed it first."""
+        """Point a capture at a better image variant; False if another upload changed it first.
+
+        `also` runs on the transaction's cursor, as in insert_captures.
+        """
         with self.transaction() as cur:
             cur.execute(
                 "UPDATE captures SET variant = ?, image_key = ?, image_sha256 = ?, image_size = ? "
@@ -405,7 +414,10 @@ class Database:
                     from_variant,
                 ),
             )
-            return cur.rowcount == 1
+            upgraded = cur.rowcount == 1
+            if also is not None:
+                also(cur)
+            return upgraded
 
     def get_capture(self, station_id: str, capture_id: str) -> CaptureRow | None:
         rows = self.query_captures(station_id=station_id, capture_id=capture_id, limit=1)

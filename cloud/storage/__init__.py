@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cloud.config import CloudConfig
+from cloud.db import sqlite_path
 from cloud.storage.base import ObjectStore, check_key
 
 
@@ -16,7 +17,9 @@ def open_store(config: CloudConfig) -> ObjectStore:
     if storage.backend == "pack":
         from cloud.storage.pack import PackStore
 
-        return PackStore(config.storage_path(), fsync=storage.fsync)
+        # On SQLite the index rows commit with the capture rows: one sync for both.
+        index = sqlite_path(config.database_url())
+        return PackStore(config.storage_path(), fsync=storage.fsync, index=index)
     if storage.backend == "s3":
         from cloud.storage.s3 import S3Store
 

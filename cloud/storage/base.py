@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from cloud.errors import NotFound
 
@@ -13,6 +14,19 @@ Upload = tuple[str, bytes | memoryview]
 # A `map`: ingest passes a thread pool's, so network stores send a batch's objects in parallel
 # (and the local store syncs its files in parallel).
 Mapper = Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[Any]]
+
+
+class Cursor(Protocol):
+    """The DB-API cursor of a transaction on the service's database."""
+
+    def execute(self, sql: str, args: Any = (), /) -> Any: ...
+    def executemany(self, sql: str, rows: Any, /) -> Any: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+
+
+# Writes where stored objects lie into the caller's transaction (see ObjectStore.storing).
+NameObjects = Callable[[Cursor], None]
 
 # Keys are built by the service from validated ids; this is the last line of defence.
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*(/[A-Za-z0-9][A-Za-z0-9._:-]*)*$")
@@ -45,6 +59,21 @@ class ObjectStore:
         for _ in run(lambda obj: self.put(obj[0], bytes(obj[1]), content_type), objects):
             pass
 
+    @contextlib.contextmanager
+    def storing(
+        self,
+        objects: Sequence[Upload],
+        content_type: str = "application/octet-stream",
+        run: Mapper = map,
+    ) -> Iterator[NameObjects | None]:
+        """`put_many`, for a caller that then commits rows naming the objects.
+
+        Yields None, or (a store whose index is in the service's database) a function the caller
+        must run in that transaction: then the objects and the rows become durable in one commit.
+        """
+        self.put_many(objects, content_type, run)
+        yield None
+
     def get(self, key: str) -> bytes:
         """Whole object, or raise NotFound."""
         raise NotImplementedError
@@ -72,4 +101,4 @@ class ObjectStore:
         """Release clients and connections (called at shutdown)."""
 
 
-__all__ = ["Mapper", "NotFound", "ObjectStore", "Upload", "check_key"]
+__all__ = ["Cursor", "Mapper", "NameObjects", "NotFound", "ObjectStore", "Upload", "check_key"]

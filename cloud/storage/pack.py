@@ -2,17 +2,20 @@
 
 `put_many` appends every object of a call back to back to this process's current pack file
 (`<root>/packs/<uuid>.pack`, its name synced into the folder when the file is made), syncs the
-data, then records where each object lies in the index (`<root>/index.sqlite3`, WAL,
-synchronous=FULL) in one transaction. An object exists once its index row is committed: a crash
-before that leaves unreferenced bytes in a pack, never a half object under a key; a failed call
-cuts its bytes off again when nothing was appended after them. Calls from several threads write
-side by side, each into the range it reserved. A process starts a new pack when it first writes
-and once its pack passes PACK_BYTES, and holds an exclusive flock on the pack it appends to, so no
-other process removes it while it grows. `delete` drops the row; a pack file is removed when no
-row refers to it any more (its space is not reclaimed while one object in it is still kept).
+data, then records where each object lies in the index table `pack_objects` in one transaction.
+An object exists once its index row is committed: a crash before that leaves unreferenced bytes in
+a pack, never a half object under a key; a failed call cuts its bytes off again when nothing was
+appended after them. Calls from several threads write side by side, each into the range it
+reserved. A process starts a new pack when it first writes and once its pack passes PACK_BYTES,
+and holds an exclusive flock on the pack it appends to, so no other process removes it while it
+grows. `delete` drops the row; a pack file is removed when no row refers to it any more (its space
+is not reclaimed while one object in it is still kept).
+
+The index lives in the service's SQLite database when there is one (`index=`): `storing` then
+hands the caller the index rows to write in its own transaction, so a batch's image locations and
+its capture rows commit together, one sync for both. Without it, in `<root>/pack-index.sqlite3`.
 Why: the local store's one file per image costs ten fsyncs per batch of ten; this costs one data
-sync and one index commit per call, and ingest's group commit makes one call for every batch
-waiting.
+sync and one commit per call, and ingest's group commit makes one call for every batch waiting.
 """
 
 from __future__ import annotations
@@ -25,11 +28,11 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cloud.errors import BackendUnavailable, NotFound
-from cloud.storage.base import Mapper, ObjectStore, Upload, check_key
+from cloud.storage.base import Cursor, Mapper, NameObjects, ObjectStore, Upload, check_key
 
 # A new pack once the current one is this big: bounds the space a few kept objects can pin.
 PACK_BYTES = 64 * 1024 * 1024
@@ -37,13 +40,15 @@ _IOV_MAX = 1024  # buffers per pwritev (Linux's IOV_MAX)
 _FULL = (errno.ENOSPC, errno.EDQUOT)  # a full disk is the store unavailable for now (503)
 # The data and the file size (which fdatasync covers) are what a read needs; mtime is not.
 _sync_data = getattr(os, "fdatasync", os.fsync)
-_SCHEMA = """CREATE TABLE IF NOT EXISTS objects (
+_SCHEMA = """CREATE TABLE IF NOT EXISTS pack_objects (
     key TEXT PRIMARY KEY,
     pack TEXT NOT NULL,
     offset INTEGER NOT NULL,
     size INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS objects_pack ON objects (pack);"""
+CREATE INDEX IF NOT EXISTS pack_objects_pack ON pack_objects (pack);"""
+# Where an earlier version kept the index (table `objects`): merged into the index at open.
+_OLD_INDEX = "index.sqlite3"
 
 
 @dataclass
@@ -55,6 +60,29 @@ class _Pack:
     end: int  # bytes handed out: the next call writes from here
     writers: int = 0  # calls writing into it now; its fd (and flock) stays open until they end
     retired: bool = False  # no new calls append to it
+
+
+@dataclass
+class _Appended:
+    """One call's objects, written and synced into `pack` from `start`; not named yet."""
+
+    pack: _Pack
+    start: int
+    size: int
+    rows: list[tuple[str, str, int, int]]  # (key, pack, offset, size)
+    named: bool = False
+    unused: list[str] = field(default_factory=list)  # packs no row names after the naming
+
+    def name(self, cur: Cursor) -> None:
+        """Write the index rows in the caller's transaction (committed by the caller)."""
+        keys = [row[0] for row in self.rows]
+        replaced = _packs_of(cur, keys)
+        cur.executemany(
+            "INSERT OR REPLACE INTO pack_objects (key, pack, offset, size) VALUES (?, ?, ?, ?)",
+            self.rows,
+        )
+        self.unused = _unreferenced(cur, replaced - {self.pack.name})
+        self.named = True
 
 
 def _write_all(fd: int, views: list[memoryview], offset: int) -> None:
@@ -69,21 +97,47 @@ def _write_all(fd: int, views: list[memoryview], offset: int) -> None:
             views[0] = views[0][written:]
 
 
+def _packs_of(cur: Cursor, keys: Sequence[str]) -> set[str]:
+    out: set[str] = set()
+    for first in range(0, len(keys), 500):
+        chunk = tuple(keys[first : first + 500])
+        marks = ", ".join("?" * len(chunk))
+        cur.execute(f"SELECT DISTINCT pack FROM pack_objects WHERE key IN ({marks})", chunk)
+        out.update(r[0] for r in cur.fetchall())
+    return out
+
+
+def _unreferenced(cur: Cursor, packs: set[str]) -> list[str]:
+    unused = []
+    for pack in packs:
+        cur.execute("SELECT 1 FROM pack_objects WHERE pack = ? LIMIT 1", (pack,))
+        if cur.fetchone() is None:
+            unused.append(pack)
+    return unused
+
+
 class PackStore(ObjectStore):
-    def __init__(self, root: Path, fsync: bool = True) -> None:
+    def __init__(self, root: Path, fsync: bool = True, index: Path | None = None) -> None:
+        """`index`: the service's SQLite database file, whose transactions then carry the index
+        rows of `storing`; None keeps the index in `<root>/pack-index.sqlite3`."""
         self.root = Path(root).resolve()
         self.packs = self.root / "packs"
         self.packs.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
+        self.shared = index is not None
         self._lock = threading.Lock()  # one index connection, shared by the worker threads
         self._writing = threading.Lock()  # appends and pack removals, one at a time
         self._current: _Pack | None = None
         self._db = sqlite3.connect(
-            self.root / "index.sqlite3", timeout=30, isolation_level=None, check_same_thread=False
+            index if index is not None else self.root / "pack-index.sqlite3",
+            timeout=30,
+            isolation_level=None,
+            check_same_thread=False,
         )
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'OFF'}")
         self._db.executescript(_SCHEMA)
+        self._merge_old_index()
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         self.put_many([(key, data)], content_type)
@@ -99,42 +153,29 @@ class PackStore(ObjectStore):
         Calls from several threads write and sync side by side (each into its own reserved
         range), so one call's sync overlaps another's index commit.
         """
-        keys = [check_key(key) for key, _ in objects]
-        if not objects:
+        with self._appending(objects) as appended:
+            if appended is not None:
+                with self._transaction() as cur:
+                    appended.name(cur)
+
+    @contextlib.contextmanager
+    def storing(
+        self,
+        objects: Sequence[Upload],
+        content_type: str = "application/octet-stream",
+        run: Mapper = map,
+    ) -> Iterator[NameObjects | None]:
+        """Append and sync the objects; with a shared index, the caller names them.
+
+        The caller runs the yielded function in its transaction on the service's database: the
+        objects exist once that commits. An error in the block cuts their bytes off again.
+        """
+        if not self.shared:
+            self.put_many(objects, content_type, run)
+            yield None
             return
-        views = [memoryview(data) for _, data in objects]
-        size = sum(len(view) for view in views)
-        try:
-            pack, start = self._reserve(size)
-        except OSError as exc:
-            full = self._unavailable(exc)
-            if full is not None:
-                raise full from exc
-            raise
-        rows = []
-        offset = start
-        for key, view in zip(keys, views, strict=True):
-            rows.append((key, pack.name, offset, len(view)))
-            offset += len(view)
-        try:
-            _write_all(pack.fd, views, start)
-            if self.fsync:
-                _sync_data(pack.fd)
-            with self._transaction() as db:
-                replaced = self._packs_of(db, keys)
-                db.executemany(
-                    "INSERT OR REPLACE INTO objects (key, pack, offset, size) VALUES (?, ?, ?, ?)",
-                    rows,
-                )
-                unused = self._unreferenced(db, replaced - {pack.name})
-        except BaseException as exc:
-            self._release(pack, cut=(start, size))
-            full = self._unavailable(exc)
-            if full is not None:
-                raise full from exc
-            raise
-        self._release(pack)
-        self._remove(unused)
+        with self._appending(objects) as appended:
+            yield None if appended is None else appended.name
 
     def get(self, key: str) -> bytes:
         pack, offset, size = self._where(key)
@@ -152,10 +193,10 @@ class PackStore(ObjectStore):
         return self._where(key)[2]
 
     def delete(self, key: str) -> None:
-        with self._transaction() as db:
-            packs = self._packs_of(db, [key])
-            db.execute("DELETE FROM objects WHERE key = ?", (key,))
-            unused = self._unreferenced(db, packs)
+        with self._transaction() as cur:
+            packs = _packs_of(cur, [key])
+            cur.execute("DELETE FROM pack_objects WHERE key = ?", (key,))
+            unused = _unreferenced(cur, packs)
         self._remove(unused)
 
     def ping(self) -> None:
@@ -172,6 +213,66 @@ class PackStore(ObjectStore):
             self._db.close()
 
     # --- inside ---------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _appending(self, objects: Sequence[Upload]) -> Iterator[_Appended | None]:
+        """The objects written and synced into a pack; named in the block, else cut off again."""
+        keys = [check_key(key) for key, _ in objects]
+        if not objects:
+            yield None
+            return
+        views = [memoryview(data) for _, data in objects]
+        size = sum(len(view) for view in views)
+        try:
+            pack, start = self._reserve(size)
+        except OSError as exc:
+            full = self._unavailable(exc)
+            if full is not None:
+                raise full from exc
+            raise
+        rows = []
+        offset = start
+        for key, view in zip(keys, views, strict=True):
+            rows.append((key, pack.name, offset, len(view)))
+            offset += len(view)
+        appended = _Appended(pack, start, size, rows)
+        try:
+            _write_all(pack.fd, views, start)
+            if self.fsync:
+                _sync_data(pack.fd)
+            yield appended
+            if not appended.named:
+                raise RuntimeError("pack store: objects appended but never named")
+        except BaseException as exc:
+            self._release(pack, cut=(start, size))
+            full = self._unavailable(exc)
+            if full is not None:
+                raise full from exc
+            raise
+        self._release(pack)
+        self._remove(appended.unused)
+
+    def _merge_old_index(self) -> None:
+        """Take over the rows of an index an earlier version kept in `<root>/index.sqlite3`.
+
+        Copied in one transaction, then the old file goes; a crash in between copies it again
+        (keys already in the index keep their newer rows).
+        """
+        old = self.root / _OLD_INDEX
+        if not old.exists():
+            return
+        self._db.execute("ATTACH DATABASE ? AS old", (str(old),))
+        try:
+            with self._transaction() as cur:
+                cur.execute(
+                    "INSERT OR IGNORE INTO pack_objects (key, pack, offset, size) "
+                    "SELECT key, pack, offset, size FROM old.objects"
+                )
+        finally:
+            self._db.execute("DETACH DATABASE old")
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{old}{suffix}")
 
     def _reserve(self, size: int) -> tuple[_Pack, int]:
         """A pack and the offset where `size` bytes of one call go (a new pack when needed)."""
@@ -235,11 +336,11 @@ class PackStore(ObjectStore):
         return None
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self) -> Iterator[sqlite3.Cursor]:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
+                yield self._db.cursor()
                 self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:  # a failed COMMIT leaves it open
@@ -249,7 +350,7 @@ class PackStore(ObjectStore):
     def _where(self, key: str) -> tuple[str, int, int]:
         with self._lock:
             row = self._db.execute(
-                "SELECT pack, offset, size FROM objects WHERE key = ?", (key,)
+                "SELECT pack, offset, size FROM pack_objects WHERE key = ?", (key,)
             ).fetchone()
         if row is None:
             raise NotFound(key)
@@ -261,24 +362,6 @@ class PackStore(ObjectStore):
             return os.pread(fd, size, offset)
         finally:
             os.close(fd)
-
-    @staticmethod
-    def _packs_of(db: sqlite3.Connection, keys: Sequence[str]) -> set[str]:
-        out: set[str] = set()
-        for first in range(0, len(keys), 500):
-            chunk = keys[first : first + 500]
-            marks = ", ".join("?" * len(chunk))
-            sql = f"SELECT DISTINCT pack FROM objects WHERE key IN ({marks})"
-            out.update(r[0] for r in db.execute(sql, chunk))
-        return out
-
-    @staticmethod
-    def _unreferenced(db: sqlite3.Connection, packs: set[str]) -> list[str]:
-        return [
-            pack
-            for pack in packs
-            if not db.execute("SELECT 1 FROM objects WHERE pack = ? LIMIT 1", (pack,)).fetchone()
-        ]
 
     def _remove(self, packs: list[str]) -> None:
         """Unlink packs no row names, after that commit: a crash leaves a stray file, no loss.

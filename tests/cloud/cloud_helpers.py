@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import requests
+
+from cloud.db import CaptureRow
 
 
 def sha(data: bytes) -> str:
@@ -92,3 +95,30 @@ def statuses(response: requests.Response) -> list[str]:
 
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def capture_row(
+    capture_id: str, labels: Sequence[str] = (), image_key: str | None = None
+) -> CaptureRow:
+    """A capture row as ingest builds it: its detections' labels, its image's key if any."""
+    return CaptureRow(
+        station_id="st-1",
+        capture_id=capture_id,
+        unit_id="u",
+        path="serial",
+        sha256="0" * 64,
+        size=1,
+        received_at=1.0,
+        captured_at=None,
+        uploaded_at=2.0,
+        trigger=None,
+        unit_time=None,
+        unit_time_kind=None,
+        variant="none" if image_key is None else "full",
+        image_key=image_key,
+        image_sha256=None if image_key is None else "0" * 64,
+        image_size=None if image_key is None else 1,
+        empty=None,
+        detections=[{"label": x, "group": "animal", "score": 0.5, "box": None} for x in labels],
+        meta={},
+    )

@@ -8,9 +8,10 @@ import stat
 import pytest
 import requests
 
-from cloud.db import CaptureRow, open_database
+from cloud.db import open_database
 from cloud.multipart import MultipartError, PartTooLarge, parse_parts
 from cloud.storage.local import LocalStore
+from tests.cloud.cloud_helpers import capture_row
 
 
 def encoded(parts: list[tuple[str, bytes]]) -> tuple[bytes, str]:
@@ -106,35 +107,13 @@ def test_failed_batch_write_leaves_no_temp_files(tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / "objects").rglob("*") if p.is_file()] == []
 
 
-def row(capture_id: str, labels: list[str]) -> CaptureRow:
-    return CaptureRow(
-        station_id="st-1",
-        capture_id=capture_id,
-        unit_id="u",
-        path="serial",
-        sha256="0" * 64,
-        size=1,
-        received_at=1.0,
-        captured_at=None,
-        uploaded_at=2.0,
-        trigger=None,
-        unit_time=None,
-        unit_time_kind=None,
-        variant="none",
-        image_key=None,
-        image_sha256=None,
-        image_size=None,
-        empty=None,
-        detections=[{"label": x, "group": "animal", "score": 0.5, "box": None} for x in labels],
-        meta={},
-    )
-
-
 def test_grouped_insert_reports_each_row_and_keeps_the_first_copy(tmp_path):
     db = open_database(f"sqlite:///{tmp_path / 'cloud.sqlite3'}")
     try:
-        assert db.insert_captures([row("a", ["fox"]), row("b", [])]) == [True, True]
-        assert db.insert_captures([row("c", ["deer"]), row("a", ["owl"]), row("c", ["elk"])]) == [
+        assert db.insert_captures([capture_row("a", ["fox"]), capture_row("b")]) == [True, True]
+        assert db.insert_captures(
+            [capture_row("c", ["deer"]), capture_row("a", ["owl"]), capture_row("c", ["elk"])]
+        ) == [
             True,
             False,
             False,

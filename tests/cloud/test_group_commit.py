@@ -7,7 +7,9 @@ import hashlib
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +25,17 @@ from tests.helpers import jpeg, wait_for
 def slow_first_write(store: Any, monkeypatch: Any, seconds: float = 3.0) -> list[list[str]]:
     """Record the keys of each store write; the first one takes `seconds`, so others queue."""
     calls: list[list[str]] = []
-    real = store.put_many
+    real = store.storing
 
-    def put_many(objects: Any, *args: Any, **kwargs: Any) -> None:
+    @contextmanager
+    def storing(objects: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
         calls.append([key for key, _ in objects])
         if len(calls) == 1:
             time.sleep(seconds)
-        real(objects, *args, **kwargs)
+        with real(objects, *args, **kwargs) as name:
+            yield name
 
-    monkeypatch.setattr(store, "put_many", put_many)
+    monkeypatch.setattr(store, "storing", storing)
     return calls
 
 
@@ -92,6 +96,26 @@ def test_two_batches_of_one_station_are_stored_one_after_the_other(
     row = server.service.db.get_capture("st-1", "c1")
     assert row is not None and row.variant == "full" and row.image_key is not None
     assert server.service.store.get(row.image_key) == original
+
+
+def test_on_sqlite_a_pack_stores_images_in_the_capture_rows_commit(
+    make_live, station_token, monkeypatch
+):
+    # one database commit names the images and stores the rows: no commit of the store's own
+    server = make_live("sqlite+pack")
+    token = station_token(server, "st-1")
+    store = server.service.store
+    own_commits: list[int] = []
+    real = store._transaction
+    monkeypatch.setattr(store, "_transaction", lambda: own_commits.append(1) or real())
+    images = [jpeg(k) for k in range(3)]
+    entries = [item(f"c{k}", data) for k, data in enumerate(images)]
+    assert statuses(upload(server.url, token, "st-1", entries)) == ["stored"] * 3
+    assert own_commits == []
+    for k, data in enumerate(images):
+        row = server.service.db.get_capture("st-1", f"c{k}")
+        assert row is not None and row.image_key is not None
+        assert store.get(row.image_key) == data
 
 
 def test_a_batch_over_four_mib_is_stored_like_any_other(make_live, station_token):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -11,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from cloud.db import Database, open_database
 from cloud.errors import BackendUnavailable, NotFound
 from cloud.storage import pack as pack_module
 from cloud.storage.pack import PackStore
+from tests.cloud.cloud_helpers import capture_row
 from tests.helpers import tmpfs
 
 ROOT = Path(__file__).parents[2]
@@ -136,3 +139,97 @@ def test_calls_from_several_threads_write_side_by_side(tmp_path):
     packs = list((tmp_path / "objects" / "packs").iterdir())
     assert len(packs) == 1
     assert packs[0].stat().st_size == sum(len(d) for s in range(8) for _, d in images(5, s * 5))
+
+
+def shared(tmp_path: Path) -> tuple[Database, PackStore]:
+    """A database and a pack store keeping its index in it, as `open_store` makes them."""
+    db = open_database(f"sqlite:///{tmp_path / 'cloud.sqlite3'}")
+    return db, PackStore(tmp_path / "objects", index=tmp_path / "cloud.sqlite3")
+
+
+def test_with_the_index_in_the_database_images_are_named_in_the_rows_transaction(
+    tmp_path, monkeypatch
+):
+    db, store = shared(tmp_path)
+    own_commits = []
+    real = store._transaction
+    monkeypatch.setattr(store, "_transaction", lambda: own_commits.append(1) or real())
+    batch = images(3)
+    with store.storing(batch) as name:
+        assert (
+            db.insert_captures([capture_row(k, image_key=k) for k, _ in batch], also=name)
+            == [True] * 3
+        )
+    assert own_commits == []  # one commit for images and rows: the database's
+    for key, data in batch:
+        assert store.get(key) == data
+    assert not (tmp_path / "objects" / "pack-index.sqlite3").exists()
+    assert PackStore(tmp_path / "objects", index=tmp_path / "cloud.sqlite3").get(batch[0][0])
+
+
+def test_a_rolled_back_transaction_names_no_image_and_cuts_its_bytes(tmp_path):
+    db, store = shared(tmp_path)
+    store.put_many([("st/kept.jpg", b"kept")])
+
+    def name_then_fail(cur):
+        name(cur)
+        raise OSError(5, "I/O error")
+
+    with pytest.raises(OSError), store.storing(images(2)) as name:
+        db.insert_captures([capture_row("c", image_key=images(2)[0][0])], also=name_then_fail)
+    assert db.query_captures() == []
+    for key, _ in images(2):
+        with pytest.raises(NotFound):
+            store.get(key)
+    (pack,) = (tmp_path / "objects" / "packs").iterdir()
+    assert pack.stat().st_size == len(b"kept")  # the failed batch's bytes were cut off
+    assert store.get("st/kept.jpg") == b"kept"
+
+
+@pytest.mark.parametrize("commits", [False, True])
+def test_a_crash_leaves_rows_and_images_both_there_or_both_gone(tmp_path, commits):
+    # the process dies (SIGKILL-like os._exit) inside the transaction, or right after it
+    child = textwrap.dedent(
+        f"""
+        import os
+        from pathlib import Path
+        from tests.cloud.cloud_helpers import capture_row
+        from tests.cloud.test_pack_store import images, shared
+        db, store = shared(Path({str(tmp_path)!r}))
+        with store.storing(images(3)) as name:
+            rows = [capture_row(key, image_key=key) for key, _ in images(3)]
+            db.insert_captures(rows, also=name if {commits} else lambda cur: (name(cur), os._exit(9)))
+            os._exit(9)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", child], cwd=ROOT, timeout=60)
+    assert done.returncode == 9
+    db, store = shared(tmp_path)
+    held = {row.capture_id: row.image_key for row in db.query_captures()}
+    for key, data in images(3):
+        if key in held:
+            assert store.get(key) == data
+        else:
+            with pytest.raises(NotFound):
+                store.get(key)
+    assert len(held) == (3 if commits else 0)
+
+
+def test_an_index_an_earlier_version_kept_beside_the_packs_is_taken_over(tmp_path):
+    root = tmp_path / "objects"
+    (root / "packs").mkdir(parents=True)
+    (root / "packs" / "old.pack").write_bytes(b"\xff\xd8one\xff\xd8two")
+    old = sqlite3.connect(root / "index.sqlite3")
+    old.execute("CREATE TABLE objects (key TEXT PRIMARY KEY, pack TEXT, offset INT, size INT)")
+    old.executemany(
+        "INSERT INTO objects VALUES (?, ?, ?, ?)",
+        [("st/one.jpg", "old.pack", 0, 5), ("st/two.jpg", "old.pack", 5, 5)],
+    )
+    old.commit()
+    old.close()
+    db, store = shared(tmp_path)
+    assert store.get("st/one.jpg") == b"\xff\xd8one" and store.get("st/two.jpg") == b"\xff\xd8two"
+    assert not (root / "index.sqlite3").exists()
+    store.delete("st/one.jpg")
+    store.delete("st/two.jpg")
+    assert list((root / "packs").iterdir()) == []
