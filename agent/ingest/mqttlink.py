@@ -72,6 +72,7 @@ class MqttLink:
         self._inflight: OrderedDict[int, tuple[str, bytes, bool]] = OrderedDict()
         self._waiting: deque[tuple[str, bytes, bool]] = deque()
         self._room = INFLIGHT
+        self._subscribing = 0  # the SUBSCRIBE's packet id until its SUBACK
         self._last_sent = 0.0
         self._reader = w.PacketReader(settings.max_packet)
         self._keepalive = settings.keepalive_s
@@ -104,9 +105,10 @@ class MqttLink:
             self._write(w.publish(topic, payload, pid, v5=self.settings.v5, retain=retain))
 
     def _packet_id(self) -> int:
+        """The next id no packet of ours still waiting for its answer holds (MQTT's rule)."""
         while True:
             self._next_id = self._next_id % 65535 + 1
-            if self._next_id not in self._inflight:
+            if self._next_id not in self._inflight and self._next_id != self._subscribing:
                 return self._next_id
 
     def _write(self, data: bytes) -> None:
@@ -156,7 +158,9 @@ class MqttLink:
             self._keepalive = int(ack.props.get(w.SERVER_KEEP_ALIVE, s.keepalive_s) or 0)
             room = ack.props.get(w.RECEIVE_MAXIMUM, INFLIGHT)
             self._room = max(1, min(INFLIGHT, int(room) if isinstance(room, int) else INFLIGHT))
-            self._write(w.subscribe(self._packet_id(), self.topics, v5=s.v5))
+            self._subscribing = 0
+            self._subscribing = self._packet_id()
+            self._write(w.subscribe(self._subscribing, self.topics, v5=s.v5))
             # what the broker did not acknowledge before goes again, in order, marked as resent
             for pid, (topic, payload, retain) in self._inflight.items():
                 self._write(w.publish(topic, payload, pid, v5=s.v5, retain=retain, dup=True))
@@ -194,9 +198,12 @@ class MqttLink:
                         self._write(w.PINGREQ_PACKET)
                     pinged = now
                 wait = min(wait, keepalive * 0.25)
-            pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
-            if not pending and not select.select([sock], [], [], wait)[0]:
-                continue
+            try:
+                pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
+                if not pending and not select.select([sock], [], [], wait)[0]:
+                    continue
+            except ValueError as exc:  # close() from another thread took the descriptor
+                raise LinkDown("the link was closed") from exc
             with self._io:
                 try:
                     data = sock.recv(262144)
@@ -234,6 +241,8 @@ class MqttLink:
                 self._inflight.pop(pid, None)
                 self._send_waiting()
         elif kind == w.SUBACK:
+            with self._io:
+                self._subscribing = 0
             refused = [c for c in w.read_suback_codes(packet.body, v5=v5) if c >= 0x80]
             if refused:
                 raise ConnectionRefusedError(f"broker refused the subscription (codes {refused})")
@@ -255,6 +264,10 @@ class MqttLink:
                     sock.sendall(w.DISCONNECT_PACKET)
                 except OSError:
                     pass
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the link's thread from its wait at once
+            except OSError:
+                pass
             try:
                 sock.close()
             except OSError:
