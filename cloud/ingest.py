@@ -28,7 +28,7 @@ from cloud.commits import CommitQueue
 from cloud.db import CaptureRow, Database
 from cloud.metrics import ServiceMetrics
 from cloud.multipart import MultipartError, Part, PartTooLarge, parse_parts
-from cloud.schema import BatchManifest, CaptureItem, reason_of
+from cloud.schema import BatchManifest, CaptureItem, ValidManifest, reason_of
 from cloud.storage import ObjectStore
 from cloud.storage.base import NameObjects, Upload
 
@@ -65,6 +65,14 @@ class CheckedBatch:
 def image_key(station_id: str, capture_id: str, variant: str, image_sha256: str) -> str:
     """Object key of one image variant; the digest keeps different bytes under different keys."""
     return f"captures/{station_id}/{capture_id}.{variant}-{image_sha256[:16]}.jpg"
+
+
+def _capture_id(raw: CaptureItem | Any) -> str | None:
+    """The capture id of a manifest item, validated or not, for its answer."""
+    if isinstance(raw, CaptureItem):
+        return raw.capture_id
+    capture_id = raw.get("capture_id") if isinstance(raw, dict) else None
+    return capture_id if isinstance(capture_id, str) else None
 
 
 def _result(capture_id: str | None, status: str, reason: str | None = None) -> dict[str, Any]:
@@ -113,16 +121,12 @@ class BatchIngest:
         manifest_part = parts.pop(MANIFEST_PART, None)
         if manifest_part is None:
             raise RequestError(400, "no 'manifest' part in the multipart body")
+        text = bytes(manifest_part.data)
+        manifest: ValidManifest | BatchManifest
         try:
-            raw = json.loads(bytes(manifest_part.data))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise RequestError(400, f"manifest is not valid JSON: {exc}") from exc
-        except RecursionError:  # [[[[...]]]] a few KiB deep: refused, never a bare 500
-            raise RequestError(400, "manifest nests too deeply to be a manifest") from None
-        try:
-            manifest = BatchManifest.model_validate(raw)
-        except ValidationError as exc:
-            raise RequestError(400, f"manifest: {reason_of(exc)}") from exc
+            manifest = ValidManifest.model_validate_json(text)
+        except ValidationError:  # some item is off (or all is): each item is checked on its own
+            manifest = self._manifest(text)
         if len(manifest.items) > self.max_items:
             raise RequestError(413, f"{len(manifest.items)} items; the limit is {self.max_items}")
         for part in parts.values():
@@ -132,6 +136,20 @@ class BatchIngest:
                     f"part {part.name!r} is over the per-item limit of {self.max_item_bytes} bytes",
                 )
         return manifest.items, parts, manifest.station_id
+
+    @staticmethod
+    def _manifest(text: bytes) -> BatchManifest:
+        """The manifest with its items as plain JSON objects, or RequestError."""
+        try:
+            raw = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RequestError(400, f"manifest is not valid JSON: {exc}") from exc
+        except RecursionError:  # [[[[...]]]] a few KiB deep: refused, never a bare 500
+            raise RequestError(400, "manifest nests too deeply to be a manifest") from None
+        try:
+            return BatchManifest.model_validate(raw)
+        except ValidationError as exc:
+            raise RequestError(400, f"manifest: {reason_of(exc)}") from exc
 
     def check(self, station_id: str, content_type: str, body: bytes) -> CheckedBatch:
         """Parse a batch and check each item on its own (CPU only: no database, no store)."""
@@ -143,8 +161,7 @@ class BatchIngest:
         batch = CheckedBatch(station_id, [None] * len(raw_items), [])
         seen: dict[str, int] = {}
         for index, raw in enumerate(raw_items):
-            capture_id = raw.get("capture_id") if isinstance(raw, dict) else None
-            capture_id = capture_id if isinstance(capture_id, str) else None
+            capture_id = _capture_id(raw)
             try:
                 pending = self._check_item(index, raw, parts, station_id)
             except _Rejected as exc:
@@ -236,12 +253,15 @@ class BatchIngest:
     def _check_item(
         self, index: int, raw: Any, parts: dict[str, Part], station_id: str
     ) -> _Pending:
-        if not isinstance(raw, dict):
+        if isinstance(raw, CaptureItem):  # validated with the whole manifest
+            item = raw
+        elif not isinstance(raw, dict):
             raise _Rejected("schema", f"item {index} is not a JSON object")
-        try:
-            item = CaptureItem.model_validate(raw)
-        except ValidationError as exc:
-            raise _Rejected("schema", reason_of(exc)) from exc
+        else:
+            try:
+                item = CaptureItem.model_validate(raw)
+            except ValidationError as exc:
+                raise _Rejected("schema", reason_of(exc)) from exc
         if item.variant == "none":
             if item.image_part is not None:
                 raise _Rejected("schema", "variant 'none' must not name an image_part")

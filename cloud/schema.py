@@ -107,6 +107,14 @@ class BatchManifest(BaseModel):
     items: list[dict[str, Any]]
 
 
+class ValidManifest(BaseModel):
+    """A manifest whose items are all valid, validated from its JSON in one call (the usual case:
+    a third of the cost of parsing it and then validating each item)."""
+
+    station_id: str
+    items: list[CaptureItem]
+
+
 class ItemResult(BaseModel):
     capture_id: str | None
     status: Literal["stored", "duplicate", "conflict", "rejected"]
