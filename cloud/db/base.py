@@ -70,9 +70,11 @@ CAPTURE_COLUMNS = (
 )
 
 
-# Captures per INSERT statement: 19 parameters each stays far below every driver's limit.
+# Rows per INSERT statement: 19 parameters each stays far below every driver's limit. One
+# statement, not one per row: SQLite's driver hands the GIL back and forth at every step.
 _ROWS_PER_INSERT = 100
 _CAPTURE_MARKS = "(" + ", ".join(["?"] * 19) + ")"
+_DETECTION_MARKS = "(" + ", ".join(["?"] * 12) + ")"
 
 
 def _capture_values(row: CaptureRow) -> tuple[Any, ...]:
@@ -337,7 +339,7 @@ class Database:
     ) -> list[bool]:
         """Insert in one transaction; per row True if inserted, False if (station, id) existed.
 
-        One multi-row INSERT ... RETURNING per chunk and one for all detections: a batch costs a
+        One multi-row INSERT ... RETURNING per chunk and one for the detections: a batch costs a
         few statements, not two per capture. `also` runs on the same transaction's cursor (the
         pack store names the batch's images there), so both commit in one sync.
         """
@@ -374,12 +376,13 @@ class Database:
                 if ok
                 for idx, d in enumerate(row.detections)
             ]
-            if detections:
-                cur.executemany(
+            for first in range(0, len(detections), _ROWS_PER_INSERT):
+                some = detections[first : first + _ROWS_PER_INSERT]
+                cur.execute(
                     "INSERT INTO detections (station_id, capture_id, idx, label, grp, score, "
-                    "box_x, box_y, box_w, box_h, model, model_version) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    detections,
+                    "box_x, box_y, box_w, box_h, model, model_version) VALUES "
+                    + ", ".join([_DETECTION_MARKS] * len(some)),
+                    tuple(value for detection in some for value in detection),
                 )
             if also is not None:
                 also(cur)

@@ -37,6 +37,7 @@ from cloud.storage.base import Cursor, Mapper, NameObjects, ObjectStore, Upload,
 # A new pack once the current one is this big: bounds the space a few kept objects can pin.
 PACK_BYTES = 64 * 1024 * 1024
 _IOV_MAX = 1024  # buffers per pwritev (Linux's IOV_MAX)
+_ROWS_PER_INSERT = 200  # index rows per INSERT: 800 parameters, below SQLite's limit
 _FULL = (errno.ENOSPC, errno.EDQUOT)  # a full disk is the store unavailable for now (503)
 # The data and the file size (which fdatasync covers) are what a read needs; mtime is not.
 _sync_data = getattr(os, "fdatasync", os.fsync)
@@ -77,10 +78,13 @@ class _Appended:
         """Write the index rows in the caller's transaction (committed by the caller)."""
         keys = [row[0] for row in self.rows]
         replaced = _packs_of(cur, keys)
-        cur.executemany(
-            "INSERT OR REPLACE INTO pack_objects (key, pack, offset, size) VALUES (?, ?, ?, ?)",
-            self.rows,
-        )
+        for first in range(0, len(self.rows), _ROWS_PER_INSERT):
+            chunk = self.rows[first : first + _ROWS_PER_INSERT]
+            cur.execute(  # one statement, not one per row: each step hands the GIL around
+                "INSERT OR REPLACE INTO pack_objects (key, pack, offset, size) VALUES "
+                + ", ".join(["(?, ?, ?, ?)"] * len(chunk)),
+                tuple(value for row in chunk for value in row),
+            )
         self.unused = _unreferenced(cur, replaced - {self.pack.name})
         self.named = True
 

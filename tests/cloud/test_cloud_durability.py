@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import Any
 
 import pytest
 import requests
 
 from cloud.db import open_database
+from cloud.db.sqlite import SQLiteDatabase
 from cloud.multipart import MultipartError, PartTooLarge, parse_parts
 from cloud.storage.local import LocalStore
+from cloud.storage.pack import PackStore
 from tests.cloud.cloud_helpers import capture_row
 
 
@@ -121,4 +124,29 @@ def test_grouped_insert_reports_each_row_and_keeps_the_first_copy(tmp_path):
         held = {r.capture_id: [d["label"] for d in r.detections] for r in db.query_captures()}
         assert held == {"a": ["fox"], "b": [], "c": ["deer"]}
     finally:
+        db.close()
+
+
+def test_a_group_of_captures_is_one_statement_per_table_not_one_per_row(tmp_path, monkeypatch):
+    # each statement step hands the GIL to the event loop and back: rows go in multi-row INSERTs
+    statements: list[str] = []
+    real = SQLiteDatabase.connect
+
+    def connect(self: SQLiteDatabase) -> Any:
+        conn = real(self)
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    monkeypatch.setattr(SQLiteDatabase, "connect", connect)
+    db = open_database(f"sqlite:///{tmp_path / 'cloud.sqlite3'}")
+    store = PackStore(tmp_path / "objects", index=tmp_path / "cloud.sqlite3")
+    try:
+        rows = [capture_row(f"c{n}", ["fox", "owl"], f"st/c{n}.jpg") for n in range(5)]
+        with store.storing([(row.image_key, b"\xff\xd8") for row in rows]) as name:
+            statements.clear()
+            assert db.insert_captures(rows, also=name) == [True] * 5
+        inserts = [s.split("(")[0].split()[-1] for s in statements if "INSERT" in s]
+        assert inserts == ["captures", "detections", "pack_objects"]
+    finally:
+        store.close()
         db.close()
