@@ -3,11 +3,13 @@
 Four concurrent clients send batches of 50 KiB captures (multipart, as the station uploader does)
 to `fieldstation-cloud serve` and, in the same run, to a bare ASGI app under the same uvicorn
 settings that only reads the same request bodies. Printed ratios are cloud / bare.
-Backends: SQLite + local filesystem (the default, fsync on) and PostgreSQL + moto S3. Each line
-also shows the server process's CPU per batch (from /proc, Linux), the budget the ratio depends on.
+Backends: SQLite + local filesystem (the default: pack files, fsync on), the same with one file per
+image (`sqlite-files`, `[storage] backend = "local"`) or without fsync, and PostgreSQL + moto S3.
+Each line also shows the server process's CPU per batch (from /proc, Linux), the budget the ratio
+depends on.
 
     python bench/bench_cloud.py [--clients 4] [--batches 25] [--batch-size 10]
-                                [--backends sqlite,sqlite-nofsync,sqlite-pack,postgres]
+                                [--backends sqlite,sqlite-files,sqlite-nofsync,postgres]
 """
 
 from __future__ import annotations
@@ -254,8 +256,8 @@ def backend_env(name: str, stack: ExitStack) -> dict[str, str]:
     }
     if name == "sqlite-nofsync":
         env["FIELDSTATION_CLOUD_STORAGE_FSYNC"] = "false"
-    if name == "sqlite-pack":
-        env["FIELDSTATION_CLOUD_STORAGE_BACKEND"] = "pack"
+    if name == "sqlite-files":
+        env["FIELDSTATION_CLOUD_STORAGE_BACKEND"] = "local"
     if name == "postgres":
         from tests.cloud.cloud_services import postgres_server
 
@@ -284,7 +286,7 @@ def main() -> None:
     parser.add_argument(
         "--backends",
         default="sqlite,postgres",
-        help="comma list of sqlite, sqlite-nofsync, sqlite-pack, postgres",
+        help="comma list of sqlite, sqlite-files, sqlite-nofsync, postgres",
     )
     args = parser.parse_args()
     print(
@@ -310,7 +312,7 @@ def main() -> None:
 LABELS = {
     "sqlite": "cloud: SQLite + local FS (fsync)",
     "sqlite-nofsync": "cloud: SQLite + local FS (no fsync)",
-    "sqlite-pack": "cloud: SQLite + pack files (fsync)",
+    "sqlite-files": "cloud: SQLite + a file per image (fsync)",
     "postgres": "cloud: PostgreSQL + moto S3",
 }
 
@@ -346,7 +348,7 @@ def measure(
 
 
 def run(quick: bool) -> list[Figure]:
-    backends = ["sqlite", "sqlite-pack"] if quick else ["sqlite", "sqlite-pack", "postgres"]
+    backends = ["sqlite", "sqlite-files"] if quick else ["sqlite", "sqlite-files", "postgres"]
     bare_rounds, targets = measure(4, 3 if quick else 25, 10, 1 if quick else 3, backends)
     bare = _median(bare_rounds)
     out = []
@@ -373,7 +375,7 @@ def _median(rounds: list[dict[str, float]]) -> dict[str, float]:
 
 def _line(label: str, m: dict[str, float], bare: dict[str, float] | None) -> str:
     text = (
-        f"{label:<36} {m['captures_per_s']:8.1f} captures/s  {m['mib_per_s']:6.1f} MiB/s  "
+        f"{label:<40} {m['captures_per_s']:8.1f} captures/s  {m['mib_per_s']:6.1f} MiB/s  "
         f"p50 {m['p50_ms']:7.1f} ms  p99 {m['p99_ms']:7.1f} ms  "
         f"server CPU {m['server_cpu_ms']:5.1f} ms/batch"
     )

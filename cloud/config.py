@@ -71,8 +71,9 @@ class DatabaseConfig:
 @dataclass
 class StorageConfig:
     backend: str = opt(
-        "local",
-        help="where images go (pack: the local disk, one file per batch)",
+        "pack",
+        help="where images go (pack: appended to pack files on the local disk, reading files an "
+        "earlier local store left; local: one file per image)",
         choices=["local", "pack", "s3", "azure", "gcs"],
     )
     path: str = opt("", help="local, pack: empty means <data_dir>/objects")

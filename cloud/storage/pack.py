@@ -9,7 +9,8 @@ appended after them. Calls from several threads write side by side, each into th
 reserved. A process starts a new pack when it first writes and once its pack passes PACK_BYTES,
 and holds an exclusive flock on the pack it appends to, so no other process removes it while it
 grows. `delete` drops the row; a pack file is removed when no row refers to it any more (its space
-is not reclaimed while one object in it is still kept).
+is not reclaimed while one object in it is still kept). Keys the index does not hold are looked up
+as files `<root>/<key>`, where the one-file-per-image store (cloud/storage/local.py) keeps them.
 
 The index lives in the service's SQLite database when there is one (`index=`): `storing` then
 hands the caller the index rows to write in its own transaction, so a batch's image locations and
@@ -31,8 +32,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cloud.errors import BackendUnavailable, NotFound
+from cloud.errors import BackendUnavailable
 from cloud.storage.base import Cursor, Mapper, NameObjects, ObjectStore, Upload, check_key
+from cloud.storage.local import LocalStore
 
 # A new pack once the current one is this big: bounds the space a few kept objects can pin.
 PACK_BYTES = 64 * 1024 * 1024
@@ -129,6 +131,9 @@ class PackStore(ObjectStore):
         self.packs.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
         self.shared = index is not None
+        # Images the one-file-per-image store wrote here before the pack store became the
+        # default: read and deleted where the index has no row; nothing new goes there.
+        self._files = LocalStore(self.root, fsync)
         self._lock = threading.Lock()  # one index connection, shared by the worker threads
         self._writing = threading.Lock()  # appends and pack removals, one at a time
         self._current: _Pack | None = None
@@ -182,11 +187,17 @@ class PackStore(ObjectStore):
             yield None if appended is None else appended.name
 
     def get(self, key: str) -> bytes:
-        pack, offset, size = self._where(key)
+        where = self._where(key)
+        if where is None:
+            return self._files.get(key)
+        pack, offset, size = where
         return self._read(pack, offset, size)
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
-        pack, offset, size = self._where(key)
+        where = self._where(key)
+        if where is None:
+            return self._files.read_range(key, start, end)
+        pack, offset, size = where
         start = max(0, start)
         end = min(end, size - 1)
         if end < start:
@@ -194,7 +205,8 @@ class PackStore(ObjectStore):
         return self._read(pack, offset + start, end - start + 1)
 
     def size(self, key: str) -> int:
-        return self._where(key)[2]
+        where = self._where(key)
+        return self._files.size(key) if where is None else where[2]
 
     def delete(self, key: str) -> None:
         with self._transaction() as cur:
@@ -202,6 +214,7 @@ class PackStore(ObjectStore):
             cur.execute("DELETE FROM pack_objects WHERE key = ?", (key,))
             unused = _unreferenced(cur, packs)
         self._remove(unused)
+        self._files.delete(key)
 
     def ping(self) -> None:
         if not os.access(self.packs, os.W_OK):
@@ -351,14 +364,14 @@ class PackStore(ObjectStore):
                     self._db.execute("ROLLBACK")
                 raise
 
-    def _where(self, key: str) -> tuple[str, int, int]:
+    def _where(self, key: str) -> tuple[str, int, int] | None:
+        """(pack, offset, size) of an object in a pack; None: not in one (perhaps a file)."""
+        check_key(key)
         with self._lock:
             row = self._db.execute(
                 "SELECT pack, offset, size FROM pack_objects WHERE key = ?", (key,)
             ).fetchone()
-        if row is None:
-            raise NotFound(key)
-        return str(row[0]), int(row[1]), int(row[2])
+        return None if row is None else (str(row[0]), int(row[1]), int(row[2]))
 
     def _read(self, pack: str, offset: int, size: int) -> bytes:
         fd = os.open(self.packs / pack, os.O_RDONLY)

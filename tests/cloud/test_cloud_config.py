@@ -12,7 +12,7 @@ from cloud.config import ConfigError, StorageConfig, load_config, parse_listen
 def test_defaults_need_no_file(tmp_path):
     config = load_config(env={}, data_dir=str(tmp_path))
     assert config.database_url() == f"sqlite:///{(tmp_path / 'cloud.sqlite3').resolve()}"
-    assert config.storage.backend == "local"
+    assert config.storage.backend == "pack"
     assert config.storage_path() == tmp_path / "objects"
 
 

@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from cloud.config import load_config
 from cloud.db import Database, open_database
 from cloud.errors import BackendUnavailable, NotFound
+from cloud.storage import open_store
 from cloud.storage import pack as pack_module
+from cloud.storage.local import LocalStore
 from cloud.storage.pack import PackStore
 from tests.cloud.cloud_helpers import capture_row
 from tests.helpers import tmpfs
@@ -233,3 +236,35 @@ def test_an_index_an_earlier_version_kept_beside_the_packs_is_taken_over(tmp_pat
     store.delete("st/one.jpg")
     store.delete("st/two.jpg")
     assert list((root / "packs").iterdir()) == []
+
+
+def test_images_a_one_file_per_image_store_wrote_are_still_read_and_deleted(tmp_path):
+    # the pack store became the default over data dirs the local store filled
+    LocalStore(tmp_path / "objects").put_many(images(2))
+    store = PackStore(tmp_path / "objects")
+    key, data = images(2)[0]
+    assert store.get(key) == data
+    assert store.size(key) == len(data)
+    assert store.read_range(key, 1, 3) == data[1:4]
+    store.put(key, b"\xff\xd8newer")  # written again: the pack's copy is the one read
+    assert store.get(key) == b"\xff\xd8newer"
+    store.delete(key)
+    with pytest.raises(NotFound):
+        store.get(key)
+    assert not (tmp_path / "objects" / key).exists()
+    assert store.get(images(2)[1][0]) == images(2)[1][1]
+
+
+def test_the_default_store_serves_a_data_dir_the_one_file_per_image_default_wrote(tmp_path):
+    config = load_config(env={}, data_dir=str(tmp_path))
+    LocalStore(config.storage_path()).put("captures/st-1/old.jpg", b"\xff\xd8old")
+    db = open_database(config.database_url())
+    store = open_store(config)
+    try:
+        assert store.get("captures/st-1/old.jpg") == b"\xff\xd8old"
+        store.put("captures/st-1/new.jpg", b"\xff\xd8new")
+        assert not (config.storage_path() / "captures/st-1/new.jpg").exists()  # in a pack
+        assert store.get("captures/st-1/new.jpg") == b"\xff\xd8new"
+    finally:
+        store.close()
+        db.close()
