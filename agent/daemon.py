@@ -164,6 +164,8 @@ class Station:
 
             self.uploader = Uploader(self.store, c, self.metrics, heartbeat=self.heartbeat)
             self.supervisor.add(self.uploader)
+        self.on_stored(self._ring_for_stored)
+        self.on_analysed(self._ring_for_analysed)
         self.modelsync = None
         if c.modelsync.enabled:
             from agent.modelsync.worker import ModelSync
@@ -267,6 +269,20 @@ class Station:
                 hook(capture_id, detections)
             except Exception:
                 log.exception("analysis hook failed")
+
+    def _ring_for_stored(self, unit_id: str, capture_id: str, duplicate: bool) -> None:
+        """A new capture is the inference worker's at once, or the uploader's when captures
+        go unanalysed."""
+        if duplicate:
+            return
+        if self.inference is not None:
+            self.inference.doorbell.ring()
+        if self.uploader is not None and "received" in self.uploader.states:
+            self.uploader.captures_ready()
+
+    def _ring_for_analysed(self, capture_id: str, detections: list) -> None:
+        if self.uploader is not None:
+            self.uploader.captures_ready()
 
     def _wanted_unit_config(self, unit_id: str) -> dict[str, int]:
         """The CONFIG fields the station asks of a unit: the power manager's, when it sets them."""

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, TypedDict
 
+from agent.doorbell import Doorbell
 from agent.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,10 @@ class Supervisor:
         """Ask every worker to stop and wait for them (SIGTERM drains through here)."""
         self.stop_event.set()
         self._ended.set()
+        for slot in self._slots.values():
+            bell = getattr(slot.worker, "doorbell", None)
+            if isinstance(bell, Doorbell):  # asleep on its own bell: it hears the stop at once
+                bell.ring()
         deadline = time.monotonic() + timeout
         for slot in self._slots.values():
             if slot.thread is not None:

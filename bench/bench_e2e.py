@@ -78,8 +78,7 @@ def chain(images: list[bytes], n: int, work: Path, inference: bool) -> dict[str,
         detector = (
             # the demo detector alone: the privacy finders (HOG on by default) are a stage the
             # goal's raw stages do not have; bench_inference measures them on their own
-            f'[inference]\ndetector = "{MODEL}"\nthreads = 1\npoll_interval_s = 0.05\n'
-            'person_policy = "keep"\n'
+            f'[inference]\ndetector = "{MODEL}"\nthreads = 1\nperson_policy = "keep"\n'
             if inference
             else "[inference]\nenabled = false\n"
         )
@@ -102,7 +101,6 @@ enabled = false
 {detector}
 [upload]
 batch_max_items = {BATCH}
-idle_poll_s = 0.05
 linger_s = 0.25
 heartbeat_interval_s = 0
 empty_policy = "full"

@@ -18,6 +18,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from agent.config import Config
+from agent.doorbell import Doorbell
 from agent.health import Alarm
 from agent.inference import results
 from agent.inference.image import ImageError
@@ -99,6 +100,7 @@ class InferenceWorker:
         self._signature: tuple | None = None
         self._next_reload = 0.0
         self._lock = threading.Lock()
+        self.doorbell = Doorbell()  # rung when a capture is stored, so it is analysed at once
         self.counts = {"analysed": 0, "empty": 0, "failed": 0, "skipped": 0}
         # model sync's seam: the detector folder it made active (None: the configured one)
         self.detector_source: Callable[[], Path | None] | None = None
@@ -199,7 +201,7 @@ class InferenceWorker:
                 self.reload_if_changed()
             done = self.run_once()
             if done == 0:
-                stop.wait(self.section.poll_interval_s)
+                self.doorbell.wait(stop, self.section.poll_interval_s)
 
     def run_once(self) -> int:
         """Handle one batch of received captures; return how many were handled."""

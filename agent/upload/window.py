@@ -66,6 +66,7 @@ class BatchWindow:
         self._window: tuple[str, float, list[sqlite3.Row]] | None = None
         self._last_batch: float | None = None  # monotonic time the last batch was prepared
         self.lingering: float | None = None  # seconds until a lingering batch goes anyway
+        self.lingering_room: int | None = None  # captures that would fill the lingering batch
 
     def forget(self) -> None:
         """Rank afresh next time (after a restart, a failed batch or settled doubts)."""
@@ -73,7 +74,7 @@ class BatchWindow:
 
     def prepare(self, name: str, budget_left: int | None, exclude: frozenset[str]) -> Batch | None:
         """The next batch for `name`, encoded; None when nothing (that fits) is waiting."""
-        self.lingering = None
+        self.lingering = self.lingering_room = None
         items = self._next_items(name, budget_left, exclude)
         if not items:
             return None
@@ -160,6 +161,7 @@ class BatchWindow:
         if since_last >= linger or age >= linger:
             return False
         self.lingering = min(linger - since_last, linger - age)
+        self.lingering_room = self.max_items - len(rows)
         return True
 
     def _candidates(self, name: str, exclude: frozenset[str]) -> list[sqlite3.Row]:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.config import Config
+from agent.doorbell import Doorbell
 from agent.metrics import Metrics
 from agent.store import Store
 from agent.upload import ledger, manifest
@@ -84,7 +85,9 @@ class Uploader:
         self.settler = Settler(store, self.chooser, s.empty_policy, self._fail_capture, clock)
         self.windows = UploadWindows(s.windows)
         self._stop = threading.Event()
-        self._wake = threading.Event()
+        # rung by resume() and when captures become ready, so they go at once, not at idle_poll_s
+        self.doorbell = Doorbell()
+        self._ready = 0  # captures made ready since the last look (see captures_ready)
         self._paused: str | None = None
         self._heartbeats_paused = False
         self._next_heartbeat = 0.0
@@ -108,7 +111,16 @@ class Uploader:
             log.info("uploads resumed (were paused: %s)", self._paused)
         self._paused = None
         self._heartbeats_paused = False
-        self._wake.set()
+        self.doorbell.ring()
+
+    def captures_ready(self, count: int = 1) -> None:
+        """Captures became ready to upload (stored, or analysed): look at once. While a small
+        batch lingers the bell rings only once the batch could be full, so a trickle costs one
+        look per linger, not one per capture."""
+        self._ready += count
+        room = self.batches.lingering_room
+        if room is None or self._ready >= room:
+            self.doorbell.ring()
 
     def status(self) -> dict[str, Any]:
         """What `fieldstation status` and /api/status show about uploads."""
@@ -192,6 +204,7 @@ class Uploader:
             return min(hb_wait, max(0.05, self.chooser.retry_in()))
         self._settled(self.settler.elsewhere(name))
         self.batches.budget_blocked = False
+        self._ready = 0  # what is ready now, this look sees
         if self._work_at(name, budget_left):
             return 0.0
         if self.batches.budget_blocked:  # the next capture in value order does not fit today
@@ -200,7 +213,8 @@ class Uploader:
         if self.state == "uploading":
             self.state = "idle"
         if self.batches.lingering is not None:  # a small batch waits to grow a little
-            return min(hb_wait, s.idle_poll_s, self.batches.lingering)
+            # the doorbell ends the wait early once enough captures are ready to fill it
+            return min(hb_wait, self.batches.lingering)
         return min(hb_wait, s.idle_poll_s)
 
     def _budget_left(self, now: float) -> int | None:
@@ -221,14 +235,7 @@ class Uploader:
             raise LinkHeld(f"daily budget: {nbytes} bytes needed, {max(0, left)} left", budget=True)
 
     def _sleep(self, seconds: float) -> None:
-        # wake each second at most to notice resume(); idle cost stays negligible
-        deadline = self.monotonic() + seconds
-        while not self._stop.is_set() and not self._wake.is_set():
-            left = deadline - self.monotonic()
-            if left <= 0:
-                break
-            self._stop.wait(min(left, 1.0))
-        self._wake.clear()
+        self.doorbell.wait(self._stop, seconds)
 
     def _nap(self, seconds: float) -> None:
         if self._stop.wait(seconds):

@@ -100,6 +100,7 @@ class Station:
 
     def stop(self) -> None:
         self.stop_event.set()
+        self.uploader.doorbell.ring()  # as the supervisor does: no wait for its next look
         if self.thread is not None:
             self.thread.join(30)
             assert not self.thread.is_alive(), "uploader did not stop"
