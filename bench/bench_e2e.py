@@ -50,6 +50,7 @@ from cloud.process import CloudService  # noqa: E402
 STATION = "bench-e2e"
 MODEL = Path(__file__).resolve().parents[1] / "models" / "fixtures" / "scene-animal"
 BATCH = 16
+FIRST_CHUNK = 4096  # a unit's chunk size until the station's CONFIG sets one
 
 
 def cpu_self() -> float:
@@ -65,7 +66,10 @@ def cpu_of(proc: psutil.Process) -> float:
 # --- the chain ------------------------------------------------------------------------------------
 
 
-def chain(images: list[bytes], n: int, work: Path, inference: bool) -> dict[str, float]:
+def chain(
+    images: list[bytes], n: int, work: Path, inference: bool, chunks: dict[str, int]
+) -> dict[str, float]:
+    """The whole chain; `chunks["size"]` is set to the chunk size the station gave the units."""
     env = {"FIELDSTATION_CLOUD_LIMITS_RATE_LIMIT_PER_MINUTE": "0"}
     cloud = CloudService.start(work / "cloud", env=env)
     broker = PrivateBroker().start()
@@ -118,10 +122,22 @@ token = "{token}"
             )
         base = f"http://127.0.0.1:{port}"
         status = _wait_status(base, station)
-        units = [VirtualUnit(f"bench-serial-{i}", link) for i, link in enumerate(links)]
+        # units as the firmware ships them: HELLO says how large a chunk each can send, and the
+        # station's CONFIG answer sets the size (bench_ingest --legacy-units measures older ones)
+        units = [
+            VirtualUnit(f"bench-serial-{i}", link, max_chunk=p.MAX_CHUNK)
+            for i, link in enumerate(links)
+        ]
         mlink = MqttUnitLink(broker.host, broker.port, STATION, "bench-mqtt-0")
-        units.append(VirtualUnit("bench-mqtt-0", mlink, chunk_size=8192))
+        units.append(VirtualUnit("bench-mqtt-0", mlink, max_chunk=p.MAX_CHUNK))
         deadline = time.monotonic() + 60
+        for unit in units:
+            unit.hello()
+            while unit.chunk_size == FIRST_CHUNK and time.monotonic() < deadline:
+                unit.poll_commands(0.2)
+            if unit.chunk_size == FIRST_CHUNK:
+                raise RuntimeError(f"the station told {unit.unit_id} no chunk size")
+        chunks["size"] = min(u.chunk_size for u in units)
         # steady state on both sides: the links up and the detector loaded and checked (its
         # start-up is `bench_startup`'s and the daemon's business, not a capture's)
         while not _ready(status, inference) and time.monotonic() < deadline:
@@ -207,15 +223,15 @@ def _wait_status(base: str, station: subprocess.Popen[bytes]) -> dict:
 # --- the raw stages -------------------------------------------------------------------------------
 
 
-def raw_pty(images: list[bytes], n: int) -> float:
-    """Each capture's frames written into a pty while a thread reads them on the other side;
-    returns the reading thread's CPU seconds (the station's side)."""
+def raw_pty(images: list[bytes], n: int, chunk: int) -> float:
+    """Each capture's frames (at the chain's chunk size) written into a pty while a thread reads
+    them on the other side; returns the reading thread's CPU seconds (the station's side)."""
     master, slave = os.openpty()
     tty.setraw(slave)
     frames = [
         b"".join(
             p.encode_frame(m, 0)
-            for m in p.chunk_capture("raw", i + 1, images[i % len(images)], 4096, 0)
+            for m in p.chunk_capture("raw", i + 1, images[i % len(images)], chunk, 0)
         )
         for i in range(n)
     ]  # encoded before the clock matters as little as the unit's own encoding does
@@ -323,10 +339,10 @@ def raw_http(images: list[bytes], n: int) -> float:
     return client_cpu
 
 
-def raw(images: list[bytes], n: int, work: Path, inference: bool) -> dict[str, float]:
+def raw(images: list[bytes], n: int, work: Path, inference: bool, chunk: int) -> dict[str, float]:
     """Each stage returns the station side's CPU seconds, or None when the station does all of it."""
     stages: dict[str, Callable[[], float | None]] = {
-        "pty": lambda: raw_pty(images, n),
+        "pty": lambda: raw_pty(images, n, chunk),
         "sqlite": lambda: raw_sqlite(images, n, work),
         "http": lambda: raw_http(images, n),
     }
@@ -355,8 +371,9 @@ def measure(n: int, inference: bool) -> dict[str, dict[str, float]]:
     images = [scene_jpeg(s, (640, 480)) for s in range(12)]
     work = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     try:
-        whole = chain(images, n, work, inference)
-        base = raw(images, n, work, inference)
+        chunks = {"size": FIRST_CHUNK}
+        whole = chain(images, n, work, inference, chunks)
+        base = raw(images, n, work, inference, chunks["size"])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"chain": whole, "raw": base, "jpeg_bytes": {"mean": sum(map(len, images)) / 12}}
