@@ -679,17 +679,21 @@ class Store:
         """Move one capture on, inside the caller's transaction; refuse an illegal move."""
         if state not in STATES:
             raise StoreError(f"unknown capture state {state!r}")
+        # one statement when the move is legal (every analysis and every uploaded item makes
+        # one); the refusal reads the row again only to say why
+        allowed = STATES if expect is None else expect
+        marks = ",".join("?" * len(allowed))
+        moved = conn.execute(
+            f"""UPDATE captures SET state = ?, state_changed_at = ?, error = ?
+                WHERE id = ? AND state IN ({marks}) RETURNING 1""",
+            (state, self.clock(), error, capture_id, *allowed),
+        ).fetchone()
+        if moved is not None:
+            return
         row = conn.execute("SELECT state FROM captures WHERE id = ?", (capture_id,)).fetchone()
         if row is None:
             raise StoreError(f"no capture {capture_id!r}")
-        if expect is not None and row["state"] not in expect:
-            raise StoreError(
-                f"capture {capture_id!r} is {row['state']!r}, expected one of {expect}"
-            )
-        conn.execute(
-            "UPDATE captures SET state = ?, state_changed_at = ?, error = ? WHERE id = ?",
-            (state, self.clock(), error, capture_id),
-        )
+        raise StoreError(f"capture {capture_id!r} is {row['state']!r}, expected one of {expect}")
 
     def mark_failed(self, capture_id: str, reason: str) -> None:
         """A capture no worker can handle: kept with its bytes, never retried automatically."""
@@ -825,12 +829,31 @@ class Store:
         Privacy "blur": the unblurred original never leaves the station and is gone once the
         blurred copy is safe in a cloud (the same commit as the acknowledgement).
         """
-        try:
-            self.set_state(conn, capture_id, "uploaded", expect=PENDING_STATES)
-        except StoreError:
-            return False  # failed or evicted meanwhile: the cloud's copy is recorded anyway
-        self.drop_original(conn, capture_id)
-        return True
+        return bool(self.finish_uploads(conn, [capture_id]))
+
+    def finish_uploads(self, conn: sqlite3.Connection, capture_ids: Sequence[str]) -> set[str]:
+        """`finish_upload` for a whole batch's answer in two statements; returns the ids moved
+        (one failed or evicted meanwhile is not: the cloud's copy is recorded anyway)."""
+        if not capture_ids:
+            return set()
+        marks = ",".join("?" * len(capture_ids))
+        pending = ",".join("?" * len(PENDING_STATES))
+        moved = {
+            r[0]
+            for r in conn.execute(
+                f"""UPDATE captures SET state = 'uploaded', state_changed_at = ?, error = NULL
+                    WHERE id IN ({marks}) AND state IN ({pending}) RETURNING id""",
+                (self.clock(), *capture_ids, *PENDING_STATES),
+            )
+        }
+        if moved:
+            marks = ",".join("?" * len(moved))
+            conn.execute(
+                f"""DELETE FROM images WHERE variant = 'original' AND capture_id IN (
+                        SELECT id FROM captures WHERE id IN ({marks}) AND upload_variant = 'blurred')""",
+                tuple(moved),
+            )
+        return moved
 
     def fail_pending(self, conn: sqlite3.Connection, capture_id: str, reason: str) -> bool:
         """Mark a pending capture failed inside the caller's transaction; False if not pending."""
@@ -839,17 +862,6 @@ class Store:
         except StoreError:
             return False
         return True
-
-    def drop_original(self, conn: sqlite3.Connection, capture_id: str) -> None:
-        """Delete the unblurred original of a capture whose upload copy is blurred (privacy).
-
-        Inside the caller's transaction: the one that records the blurred copy as held.
-        """
-        conn.execute(
-            """DELETE FROM images WHERE capture_id = ? AND variant = 'original'
-               AND EXISTS (SELECT 1 FROM captures WHERE id = ? AND upload_variant = 'blurred')""",
-            (capture_id, capture_id),
-        )
 
     # --- analyses ------------------------------------------------------------------------------
 

@@ -160,11 +160,31 @@ def record_held(
     via_lookup: bool = False,
 ) -> str:
     """The endpoint acknowledged (or reported) `variant`; return the best variant it now holds."""
+    return record_held_many(conn, endpoint, [(capture_id, variant)], at, via_lookup=via_lookup)[
+        capture_id
+    ]
+
+
+def record_held_many(
+    conn: sqlite3.Connection,
+    endpoint: str,
+    held: Sequence[tuple[str, str]],
+    at: float,
+    *,
+    via_lookup: bool = False,
+) -> dict[str, str]:
+    """The endpoint acknowledged these (capture id, variant); return each one's best variant it
+    now holds. One statement for a whole batch's answer (SQLite's driver hands the GIL on at
+    every statement, and the ingest and inference threads wait for it meanwhile)."""
+    if not held:
+        return {}
     old = _RANK_OF.format(v="upload_deliveries.held_variant")
     new = _RANK_OF.format(v="excluded.held_variant")
-    row = conn.execute(
+    rows = ",".join("(?, ?, ?, ?, ?)" for _ in held)
+    params = [x for cid, variant in held for x in (cid, endpoint, variant, int(via_lookup), at)]
+    found = conn.execute(
         f"""INSERT INTO upload_deliveries (capture_id, endpoint, held_variant, via_lookup, updated_at)
-            VALUES (?, ?, ?, ?, ?)
+            VALUES {rows}
             ON CONFLICT (capture_id, endpoint) DO UPDATE SET
                 held_variant = CASE WHEN upload_deliveries.held_variant IS NOT NULL AND {old} > {new}
                                     THEN upload_deliveries.held_variant
@@ -172,10 +192,10 @@ def record_held(
                 via_lookup = CASE WHEN upload_deliveries.held_variant IS NULL
                                   THEN excluded.via_lookup ELSE upload_deliveries.via_lookup END,
                 doubt_variant = NULL, doubt_batch = NULL, updated_at = excluded.updated_at
-            RETURNING held_variant""",
-        (capture_id, endpoint, variant, int(via_lookup), at),
-    ).fetchone()
-    return row[0]
+            RETURNING capture_id, held_variant""",
+        params,
+    ).fetchall()
+    return {r[0]: r[1] for r in found}
 
 
 def in_doubt(conn: sqlite3.Connection, endpoint: str, limit: int = 1000) -> list[sqlite3.Row]:

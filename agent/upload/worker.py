@@ -353,26 +353,31 @@ class Uploader:
         name, wire = batch.endpoint, batch.wire
         by_id = {r.capture_id: r for r in results}
         now = self.clock()
-        acked = 0
         # not fsynced: every item is durably in doubt since before the send, so a power cut that
         # takes this answer leaves doubts the settler resolves by lookup (the day's traffic of
         # this one batch goes uncounted then)
         with self.store.transaction(durable=False) as conn:
+            held = []
             for item in batch.items:
                 r = by_id.get(item.capture_id)
                 if r is None:
                     continue  # no answer for it: stays in doubt, settled by lookup
                 self.metrics.items.labels(name, r.status).inc()
                 if r.status in ("stored", "duplicate"):
-                    acked += 1
-                    best = ledger.record_held(conn, name, item.capture_id, item.variant, now)
-                    if _rank(best) >= _rank(item.final_variant):
-                        self.store.finish_upload(conn, item.capture_id)
+                    held.append(item)
                 elif r.status in ("conflict", "rejected"):
                     ledger.clear_doubt(conn, name, item.capture_id, now)
                     self._fail_capture(
                         conn, item.capture_id, f"{name}: {r.status}: {r.reason or 'no reason'}"
                     )
+            acked = len(held)
+            best = ledger.record_held_many(
+                conn, name, [(i.capture_id, i.variant) for i in held], now
+            )
+            self.store.finish_uploads(
+                conn,
+                [i.capture_id for i in held if _rank(best[i.capture_id]) >= _rank(i.final_variant)],
+            )
             ledger.add_traffic(conn, name, local_day(now), wire, items=acked)
         self.metrics.bytes.labels(name).inc(wire)
         self.last_batch_at = now

@@ -48,6 +48,30 @@ def test_illegal_state_move_is_refused(tmp_path):
     with pytest.raises(StoreError, match="expected"), store.transaction() as conn:
         store.set_state(conn, cid, "uploaded", expect=("analysed",))
     assert store.get_capture(cid)["state"] == "received"
+    with pytest.raises(StoreError, match="no capture 'nope'"), store.transaction() as conn:
+        store.set_state(conn, "nope", "failed")
+    with store.transaction() as conn:  # a legal move: one statement, and it sticks
+        store.set_state(conn, cid, "failed", expect=("received",), error="why")
+    row = store.get_capture(cid)
+    assert (row["state"], row["error"]) == ("failed", "why")
+
+
+def test_a_batch_answer_moves_the_pending_and_drops_only_blurred_originals(tmp_path):
+    store = Store(tmp_path / "b.db")
+    ids = [store.add_capture(cap(ref=str(i))).capture_id for i in range(1, 5)]
+    with store.transaction() as conn:
+        conn.execute("UPDATE captures SET upload_variant = 'blurred' WHERE id = ?", (ids[0],))
+        conn.execute(
+            "INSERT INTO images (capture_id, variant, bytes, jpeg) VALUES (?, 'blurred', 1, x'00')",
+            (ids[0],),
+        )
+        store.set_state(conn, ids[3], "failed", error="gone bad")
+    with store.transaction() as conn:
+        moved = store.finish_uploads(conn, ids)
+    assert moved == set(ids[:3])  # the failed one stays failed
+    assert [store.get_capture(i)["state"] for i in ids] == ["uploaded"] * 3 + ["failed"]
+    assert store.read_image(ids[0]) is None and store.read_image(ids[0], "blurred") == b"\x00"
+    assert all(store.read_image(i) is not None for i in ids[1:])
 
 
 def _set(store, cid, state, empty=None):
