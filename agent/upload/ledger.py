@@ -118,13 +118,18 @@ def mark_in_doubt(
     batch_id: str,
     at: float,
 ) -> None:
-    """Before a batch goes out: these (capture, variant) may be held by `endpoint` from now on."""
-    conn.executemany(
-        """INSERT INTO upload_deliveries (capture_id, endpoint, doubt_variant, doubt_batch, updated_at)
-           VALUES (?, ?, ?, ?, ?)
+    """Before a batch goes out: these (capture, variant) may be held by `endpoint` from now on.
+    One multi-row statement, not executemany's step per row (see record_held_many)."""
+    params = [x for cid, variant in sent for x in (cid, endpoint, variant, batch_id, at)]
+    if not params:
+        return
+    rows = ",".join("(?, ?, ?, ?, ?)" for _ in range(len(params) // 5))
+    conn.execute(
+        f"""INSERT INTO upload_deliveries (capture_id, endpoint, doubt_variant, doubt_batch, updated_at)
+           VALUES {rows}
            ON CONFLICT (capture_id, endpoint) DO UPDATE SET doubt_variant = excluded.doubt_variant,
                doubt_batch = excluded.doubt_batch, updated_at = excluded.updated_at""",
-        [(cid, endpoint, variant, batch_id, at) for cid, variant in sent],
+        params,
     )
 
 
