@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -19,6 +20,8 @@ from agent.metrics import Metrics
 from agent.store import Store
 
 log = logging.getLogger(__name__)
+
+STABLE_S = 60.0  # a connection that lasted this long starts the reconnect backoff again
 
 
 class MqttIngest:
@@ -81,9 +84,9 @@ class MqttIngest:
             log.exception("mqtt: message on %s could not be handled", topic)
             self.metrics.rejected.labels("mqtt", "internal_error").inc()
 
-    def _on_oversized(self, topic: str, size: int) -> None:
-        self.metrics.rejected.labels("mqtt", "too_large").inc()
-        log.warning("mqtt: dropped a message of %d bytes on %s (over the frame limit)", size, topic)
+    def _on_dropped(self, topic: str, reason: str, detail: str) -> None:
+        self.metrics.rejected.labels("mqtt", reason).inc()
+        log.warning("mqtt: dropped a message on %s: %s", topic or "(unreadable topic)", detail)
 
     # --- message handling -----------------------------------------------------------------------
 
@@ -166,14 +169,17 @@ class MqttIngest:
             settings,
             topics,
             self._on_message,
-            on_oversized=self._on_oversized,
+            on_dropped=self._on_dropped,
         )
 
     def run(self, stop: threading.Event) -> None:
         link = self._make_link()
         self._link = link
+        # this run's end, whatever ends it: a network thread never outlives its run to fight the
+        # next run's link for the session
+        ended = threading.Event()
         network = threading.Thread(
-            target=self._network, args=(link, stop), name="mqtt-network", daemon=True
+            target=self._network, args=(link, ended), name="mqtt-network", daemon=True
         )
         network.start()
         try:
@@ -185,9 +191,12 @@ class MqttIngest:
                         if asm.open:
                             asm.expire()
         finally:
+            ended.set()
+            network.join(timeout=10)  # it stops reading within a second; the socket stays open
+            # captures queued are stored and their ACKs written while the link is still up, so
+            # a unit need not send them again after the restart
+            self._committer.shutdown()
             link.close()
-            network.join(timeout=10)
-            self._committer.shutdown()  # captures queued are stored and answered before we stop
             self._committer = CommitQueue(self.store, "mqtt-commit")
             for asm in self._assemblers.values():
                 asm.committer = self._committer
@@ -195,27 +204,30 @@ class MqttIngest:
             self.connected.clear()
             self.metrics.link_up.labels("mqtt").set(0)
 
-    def _network(self, link: MqttLink, stop: threading.Event) -> None:
-        """Connect, serve, and after any loss reconnect with jittered exponential backoff."""
+    def _network(self, link: MqttLink, ended: threading.Event) -> None:
+        """Connect, serve, and after any loss reconnect with jittered exponential backoff; the
+        backoff starts again only after a connection that lasted (a broker that drops us at
+        once, or a packet it sends again after every reconnect, must not make a fast loop)."""
         failures = 0
-        while not stop.is_set():
+        while not ended.is_set():
             try:
                 self._on_connect(link.connect())
             except (OSError, MqttProtocolError) as exc:
+                link.close(farewell=False)
                 failures += 1
                 self._down(exc, failures == 1, connected=False)
-                stop.wait(self._backoff(failures))
+                ended.wait(self._backoff(failures))
                 continue
-            failures = 0
+            began = time.monotonic()
             try:
-                link.serve(stop)
+                link.serve(ended)
             except (OSError, MqttProtocolError) as exc:
-                if not stop.is_set():
-                    self._down(exc, True, connected=True)
-            finally:
-                link.close(farewell=stop.is_set())
-            if not stop.is_set():
-                stop.wait(self._backoff(1))
+                if ended.is_set():
+                    return
+                link.close(farewell=False)
+                failures = 1 if time.monotonic() - began > STABLE_S else failures + 1
+                self._down(exc, True, connected=True)
+                ended.wait(self._backoff(failures))
 
     def _down(self, exc: BaseException, loud: bool, *, connected: bool) -> None:
         self.connected.clear()

@@ -58,12 +58,12 @@ class MqttLink:
         topics: list[str],
         on_message: Callable[[str, bytes], None],
         *,
-        on_oversized: Callable[[str, int], None] = lambda topic, size: None,
+        on_dropped: Callable[[str, str, str], None] = lambda topic, reason, detail: None,
     ) -> None:
         self.settings = settings
         self.topics = topics
         self.on_message = on_message
-        self.on_oversized = on_oversized
+        self.on_dropped = on_dropped  # (topic, reason, words): a message we acknowledged unread
         self._io = threading.Lock()  # the socket, the packet ids, the queues below
         self._sock: socket.socket | None = None
         self._next_id = 0
@@ -146,7 +146,7 @@ class MqttLink:
             reader = w.PacketReader(s.max_packet)
             ack = self._await_connack(sock, reader)
         except BaseException:
-            raw.close()
+            sock.close()  # the TLS socket when there is one: it owns the descriptor now
             raise
         if ack.refused:
             sock.close()
@@ -184,7 +184,6 @@ class MqttLink:
         sock = self._sock
         if sock is None:
             raise LinkDown("not connected")
-        last_heard = time.monotonic()
         pinged = 0.0
         keepalive = self._keepalive
         while not stop.is_set():
@@ -193,7 +192,9 @@ class MqttLink:
             if keepalive:
                 if pinged and now - pinged > keepalive:
                     raise LinkDown(f"no answer from the broker in {keepalive} s")
-                if not pinged and now - max(self._last_sent, last_heard) >= keepalive * 0.75:
+                # keepalive counts what we send (MQTT 3.1.2.10): our PUBACKs count, their
+                # PUBLISHes do not
+                if not pinged and now - self._last_sent >= keepalive * 0.75:
                     with self._io:
                         self._write(w.PINGREQ_PACKET)
                     pinged = now
@@ -206,15 +207,26 @@ class MqttLink:
                 raise LinkDown("the link was closed") from exc
             with self._io:
                 try:
-                    data = sock.recv(262144)
+                    data = self._take(sock)
                 except (BlockingIOError, ssl.SSLWantReadError):
                     continue
             if not data:
                 raise LinkDown("the broker closed the connection")
-            last_heard = time.monotonic()
-            pinged = 0.0
+            pinged = 0.0  # the broker is there
             for packet in self._reader.feed(data):
                 self._handle(packet)
+
+    @staticmethod
+    def _take(sock: socket.socket) -> bytes:
+        """What the socket has now. A TLS socket in timeout mode would wait inside OpenSSL for
+        the rest of a record, holding `_io` all the while: it reads non-blocking instead."""
+        if not isinstance(sock, ssl.SSLSocket):
+            return sock.recv(262144)
+        sock.settimeout(0)
+        try:
+            return sock.recv(262144)
+        finally:
+            sock.settimeout(SOCKET_TIMEOUT_S)
 
     def _handle(self, packet: w.Packet | w.Oversized) -> None:
         v5 = self.settings.v5
@@ -222,14 +234,18 @@ class MqttLink:
             if packet.type != w.PUBLISH:
                 raise w.MqttProtocolError(f"packet type {packet.type} of {packet.size} bytes")
             topic, pid = w.publish_head(packet.flags, packet.head, v5=v5)
-            self.on_oversized(topic, packet.size)
-            if pid:  # acknowledged, so the broker does not send it again after every reconnect
-                with self._io:
-                    self._write(w.puback(pid))
+            self._drop(topic, pid, "too_large", f"{packet.size} bytes, over the frame limit")
             return
         kind = packet.type
         if kind == w.PUBLISH:
-            message = w.read_publish(packet.flags, packet.body, v5=v5)
+            try:
+                message = w.read_publish(packet.flags, packet.body, v5=v5)
+            except w.MqttProtocolError as exc:
+                topic, pid = w.publish_head(packet.flags, packet.body[:256], v5=v5)
+                if not pid:
+                    raise  # nothing to acknowledge it by: the link starts again
+                self._drop(topic, pid, "malformed", f"malformed PUBLISH: {exc}")
+                return
             self.on_message(message.topic, message.payload)
             if message.qos:
                 # after on_message returned: a capture's last chunk is committed first
@@ -237,6 +253,13 @@ class MqttLink:
                     self._write(w.puback(message.packet_id))
         elif kind == w.PUBACK:
             pid = w.read_packet_id(packet.body)
+            if len(packet.body) > 2 and packet.body[2] >= 0x80:  # MQTT 5: the broker refused it
+                topic = self._inflight.get(pid, ("?",))[0]
+                log.warning(
+                    "mqtt: the broker refused our message on %s (reason 0x%02x)",
+                    topic,
+                    packet.body[2],
+                )
             with self._io:
                 self._inflight.pop(pid, None)
                 self._send_waiting()
@@ -251,6 +274,14 @@ class MqttLink:
             raise LinkDown(f"the broker ended the session (reason 0x{reason:02x})")
         elif kind != w.PINGRESP:
             raise w.MqttProtocolError(f"unexpected packet type {kind} from the broker")
+
+    def _drop(self, topic: str, pid: int, reason: str, detail: str) -> None:
+        """Acknowledge a message we cannot take, so the broker does not send it again after every
+        reconnect, and say so."""
+        self.on_dropped(topic, reason, detail)
+        if pid:
+            with self._io:
+                self._write(w.puback(pid))
 
     def close(self, *, farewell: bool = True) -> None:
         """Drop the connection; `farewell` sends DISCONNECT first (a normal end: the broker keeps

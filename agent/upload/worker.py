@@ -33,6 +33,9 @@ from agent.upload.window import BatchWindow, pending_states
 
 log = logging.getLogger(__name__)
 
+# states in which a capture made ready is worth a look at once (not paused, offline, outside the
+# windows or over today's budget: those end by time or by resume(), not by a new capture)
+LOOKING = frozenset({"starting", "idle", "uploading"})
 BACKLOG_LOG_S = 10.0  # during a long drain, a batch's log line says the backlog this often
 
 
@@ -120,6 +123,8 @@ class Uploader:
         """Captures became ready to upload (stored, or analysed): look at once. While a small
         batch lingers the bell rings only once the batch could be full, so a trickle costs one
         look per linger, not one per capture."""
+        if self.state not in LOOKING:  # paused, offline, over budget: its own wait decides
+            return
         self._ready += count
         room = self.batches.lingering_room
         if room is None or self._ready >= room:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
@@ -136,3 +139,47 @@ def test_station_reconnects_after_the_broker_restarts(tmp_path):
 def test_parse_config_rejects_bad_topic_root():
     with pytest.raises(Exception, match="topic_root"):
         parse_config('[mqtt]\ntopic_root = "a/b"\n')
+
+
+def test_a_capture_committed_while_the_station_stops_is_still_acknowledged(
+    tmp_path, mosquitto, monkeypatch
+):
+    station = Station(station_config(tmp_path, mqtt_toml(mosquitto, client_id="st-stopping")))
+    station.start()
+    try:
+        wait_for(station.mqtt.connected.is_set, what="broker connection")
+        committing, release = threading.Event(), threading.Event()
+        add = station.store.add_captures
+
+        def slow_add(captures):  # the commit is under way when the stop comes
+            committing.set()
+            release.wait(10)
+            return add(captures)
+
+        monkeypatch.setattr(station.store, "add_captures", slow_add)
+        unit = virtual_unit(
+            "cam-stop", MqttUnitLink(mosquitto.host, mosquitto.port, "test-station", "cam-stop")
+        )
+        unit.max_attempts = 1  # one send: the ACK for it, or nothing
+        sent = {}
+        sender = threading.Thread(target=lambda: sent.update(r=unit.send_capture(scene_jpeg(7))))
+        sender.start()
+        assert committing.wait(10)
+        stopper = threading.Thread(target=station.stop)
+        stopper.start()
+        # the stop is under way: the link reads no more (its thread ended) and a moment passes;
+        # only then does the commit finish
+        wait_for(
+            lambda: not any(t.name == "mqtt-network" for t in threading.enumerate()),
+            what="the link's thread ended",
+        )
+        time.sleep(0.3)
+        release.set()
+        stopper.join(30)
+        sender.join(30)
+        assert sent["r"].acked  # the unit may forget it: no resend after the restart
+        unit.close()
+    finally:
+        release.set()
+        if not station.supervisor.stop_event.is_set():
+            station.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import queue
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -351,3 +352,60 @@ def test_an_oversized_message_is_dropped_and_counted_and_the_station_goes_on(
     unit.close()
     raw.close()
     assert p.MAX_CHUNK < 300_000
+
+
+def test_a_malformed_publish_is_acknowledged_dropped_and_counted_not_a_reconnect_loop():
+    ours, broker_end = socket.socketpair()
+    dropped: list[tuple[str, str, str]] = []
+
+    def never(topic: str, body: bytes) -> None:
+        raise AssertionError("a malformed message reached the station")
+
+    link = MqttLink(
+        LinkSettings("127.0.0.1", 1, "st", True, 60, 0, 70000),
+        [],
+        never,
+        on_dropped=lambda *why: dropped.append(why),
+    )
+    link._sock = ours  # as connect() leaves it
+    # MQTT 5 properties naming an id that does not exist (0x7f)
+    body = b"\x00\x15wildcam/st/u1/capture" + (77).to_bytes(2, "big") + b"\x02\x7f\x00frame"
+    link._handle(w.Packet(w.PUBLISH, 0x02, body))
+    assert [d[:2] for d in dropped] == [("wildcam/st/u1/capture", "malformed")]
+    assert "unknown property 0x7f" in dropped[0][2]
+    # acknowledged, so the broker does not deliver it again after every reconnect
+    assert broker_end.recv(16) == w.puback(77)
+    ours.close()
+    broker_end.close()
+
+
+def test_a_link_that_drops_at_once_backs_off_longer_each_time(tmp_path):
+    from agent.config import parse_config
+    from agent.ingest.mqtt import MqttIngest
+    from agent.metrics import Metrics
+    from agent.store import Store
+
+    config = parse_config("[mqtt]\nenabled = true\nreconnect_max_s = 60\n", "<test>")
+    ingest = MqttIngest(config.mqtt, "st", Store(tmp_path / "b.db"), Metrics(), config.ingest)
+
+    class Dropping:  # connects, then the broker ends the session at once (a duplicate id)
+        def connect(self) -> w.Connack:
+            return w.Connack(True, 0, {})
+
+        def serve(self, ended: threading.Event) -> None:
+            raise ConnectionResetError("the broker ended the session")
+
+        def close(self, *, farewell: bool = True) -> None:
+            pass
+
+    waits: list[float] = []
+
+    class Ended(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            waits.append(timeout or 0.0)
+            if len(waits) == 5:
+                self.set()
+            return self.is_set()
+
+    ingest._network(Dropping(), Ended())  # type: ignore[arg-type]
+    assert waits == sorted(waits) and waits[-1] > 4 * waits[0], waits

@@ -91,3 +91,6 @@ def test_a_lingering_batch_is_rung_only_once_it_could_be_full(new_station):
     uploader.batches.lingering_room = None  # nothing lingers: every capture rings
     uploader.captures_ready()
     assert bell.wait(threading.Event(), 0.05)
+    uploader.state = "budget_exhausted"  # its wait ends with the day, not with a capture
+    uploader.captures_ready()
+    assert not bell.wait(threading.Event(), 0.05)
