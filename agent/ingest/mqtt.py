@@ -14,7 +14,7 @@ from agent.config import IngestSection, MqttSection, read_secret
 from agent.health import Alarm
 from agent.ingest.assembler import Assembler
 from agent.ingest.commits import CommitQueue
-from agent.ingest.mqttlink import LinkSettings, MqttLink
+from agent.ingest.mqttlink import BrokerRefused, LinkSettings, MqttLink
 from agent.ingest.mqttwire import MAXIMUM_PACKET_SIZE, Connack, MqttProtocolError
 from agent.metrics import Metrics
 from agent.store import Store
@@ -232,7 +232,7 @@ class MqttIngest:
     def _down(self, exc: BaseException, loud: bool, *, connected: bool) -> None:
         self.connected.clear()
         self.metrics.link_up.labels("mqtt").set(0)
-        if isinstance(exc, ConnectionRefusedError) and "broker refused" in str(exc):
+        if isinstance(exc, BrokerRefused):
             self.problem = f"broker {self._broker}: {exc}"
         elif connected:
             self.problem = f"disconnected from {self._broker} ({exc}); reconnecting"

@@ -51,6 +51,10 @@ class LinkDown(ConnectionError):
     """The connection ended; `run` reconnects."""
 
 
+class BrokerRefused(ConnectionRefusedError):
+    """The broker answered and refused: the station, or its subscription (not a closed port)."""
+
+
 class MqttLink:
     def __init__(
         self,
@@ -122,7 +126,7 @@ class MqttLink:
 
     def connect(self) -> w.Connack:
         """Open the socket, CONNECT, wait for CONNACK and subscribe. Raises OSError (including
-        `LinkDown` and `ConnectionRefusedError` for a refusal) if the session did not start."""
+        `LinkDown`, and `BrokerRefused` for a refusal) if the session did not start."""
         s = self.settings
         raw = socket.create_connection((s.host, s.port), timeout=SOCKET_TIMEOUT_S)
         sock: socket.socket = raw
@@ -151,7 +155,7 @@ class MqttLink:
         if ack.refused:
             sock.close()
             words = w.CONNACK_WORDS.get(ack.reason, "refused")
-            raise ConnectionRefusedError(f"broker refused the station: {words} ({ack.reason})")
+            raise BrokerRefused(f"broker refused the station: {words} ({ack.reason})")
         with self._io:
             self._sock = sock
             self._reader = reader
@@ -268,7 +272,7 @@ class MqttLink:
                 self._subscribing = 0
             refused = [c for c in w.read_suback_codes(packet.body, v5=v5) if c >= 0x80]
             if refused:
-                raise ConnectionRefusedError(f"broker refused the subscription (codes {refused})")
+                raise BrokerRefused(f"broker refused the subscription (codes {refused})")
         elif kind == w.DISCONNECT:
             reason = packet.body[0] if packet.body else 0
             raise LinkDown(f"the broker ended the session (reason 0x{reason:02x})")
